@@ -1,0 +1,281 @@
+//! The policy configuration: one type, read from YAML, shared by the webhook and the CLI.
+//!
+//! ```yaml
+//! images:                       # which containers are Tailscale containers
+//!   - tailscale/tailscale
+//!   - registry.example.com/mirror/tailscale*
+//! rules:                        # per-rule severity: deny | warn | off
+//!   image-tag: off
+//!   resources: deny
+//! exemptions:                   # namespaces where some (or all) rules do not run
+//!   - namespace: sandbox
+//!     rules: [resources]
+//!   - namespace: legacy-*       # trailing * matches a prefix; no rules = every rule
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::rules::{Level, RuleId};
+
+/// Images recognised as Tailscale when the config names none. Registry hosts
+/// `docker.io/` and `index.docker.io/` are normalised away before matching.
+pub const DEFAULT_IMAGES: &[&str] = &["tailscale/tailscale", "ghcr.io/tailscale/tailscale"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config{}: {message}", location.as_deref().map(|l| format!(" ({l})")).unwrap_or_default())]
+    Invalid {
+        location: Option<String>,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    images: Option<Vec<String>>,
+    #[serde(default)]
+    rules: BTreeMap<String, Level>,
+    #[serde(default)]
+    exemptions: Vec<ExemptionFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExemptionFile {
+    namespace: String,
+    #[serde(default)]
+    rules: Vec<String>,
+}
+
+/// A parsed, validated policy. Cheap to share (`Arc<Config>`); nothing in it is
+/// rebuilt per request.
+#[derive(Debug, Clone)]
+pub struct Config {
+    images: Vec<NamePattern>,
+    levels: [Level; RuleId::ALL.len()],
+    exemptions: Vec<Exemption>,
+}
+
+#[derive(Debug, Clone)]
+struct Exemption {
+    namespace: NamePattern,
+    /// Empty means every rule.
+    rules: Vec<RuleId>,
+}
+
+/// An exact name, or a prefix when written with a trailing `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NamePattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl NamePattern {
+    fn parse(s: &str) -> Self {
+        match s.strip_suffix('*') {
+            Some(prefix) => NamePattern::Prefix(prefix.to_owned()),
+            None => NamePattern::Exact(s.to_owned()),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            NamePattern::Exact(e) => e == name,
+            NamePattern::Prefix(p) => name.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            images: DEFAULT_IMAGES.iter().map(|s| NamePattern::parse(s)).collect(),
+            levels: RuleId::ALL.map(|r| r.default_level()),
+            exemptions: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Invalid { location, message } => ConfigError::Invalid {
+                location: Some(match location {
+                    Some(l) => format!("{}:{l}", path.display()),
+                    None => path.display().to_string(),
+                }),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let file: ConfigFile = if text.trim().is_empty() {
+            ConfigFile::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
+                location: e.location().map(|l| format!("line {}", l.line())),
+                message: e.to_string(),
+            })?
+        };
+        let mut config = Config::default();
+        if let Some(images) = file.images {
+            if images.iter().any(|i| i.trim().is_empty()) {
+                return Err(invalid("images: an image pattern is empty"));
+            }
+            config.images = images.iter().map(|s| NamePattern::parse(s.trim())).collect();
+        }
+        for (name, level) in file.rules {
+            let rule = rule_by_name(&name, "rules")?;
+            config.levels[rule as usize] = level;
+        }
+        for e in file.exemptions {
+            if e.namespace.is_empty() {
+                return Err(invalid("exemptions: namespace must not be empty"));
+            }
+            let rules = e
+                .rules
+                .iter()
+                .map(|r| rule_by_name(r, "exemptions"))
+                .collect::<Result<Vec<_>, _>>()?;
+            config.exemptions.push(Exemption {
+                namespace: NamePattern::parse(&e.namespace),
+                rules,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Whether `image` (as written in a container spec) is a Tailscale image.
+    pub fn is_tailscale_image(&self, image: &str) -> bool {
+        let repo = image_repository(image);
+        self.images.iter().any(|p| p.matches(repo))
+    }
+
+    pub fn level(&self, rule: RuleId) -> Level {
+        self.levels[rule as usize]
+    }
+
+    /// Whether the config exempts `namespace` from `rule`.
+    pub fn exempt(&self, namespace: &str, rule: RuleId) -> bool {
+        self.exemptions
+            .iter()
+            .any(|e| e.namespace.matches(namespace) && (e.rules.is_empty() || e.rules.contains(&rule)))
+    }
+}
+
+fn invalid(message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        location: None,
+        message: message.to_owned(),
+    }
+}
+
+fn rule_by_name(name: &str, section: &str) -> Result<RuleId, ConfigError> {
+    RuleId::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = RuleId::ALL.iter().map(|r| r.name()).collect();
+        ConfigError::Invalid {
+            location: None,
+            message: format!("{section}: unknown rule `{name}` (known rules: {})", known.join(", ")),
+        }
+    })
+}
+
+/// The repository part of an image reference: tag and digest removed, and the
+/// Docker Hub host (`docker.io/`, `index.docker.io/`) and `library/` dropped so
+/// `docker.io/tailscale/tailscale:v1.2` and `tailscale/tailscale` compare equal.
+pub fn image_repository(image: &str) -> &str {
+    let without_digest = image.split_once('@').map_or(image, |(repo, _)| repo);
+    // A ':' after the last '/' is a tag; one before it is a registry port.
+    let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
+    let repo = match without_digest[last_slash..].find(':') {
+        Some(i) => &without_digest[..last_slash + i],
+        None => without_digest,
+    };
+    let repo = repo
+        .strip_prefix("docker.io/")
+        .or_else(|| repo.strip_prefix("index.docker.io/"))
+        .unwrap_or(repo);
+    repo.strip_prefix("library/").unwrap_or(repo)
+}
+
+/// The tag of an image reference, if it has one (`None` for a bare or digest-only reference).
+pub fn image_tag(image: &str) -> Option<&str> {
+    let without_digest = image.split_once('@').map_or(image, |(repo, _)| repo);
+    let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
+    without_digest[last_slash..]
+        .split_once(':')
+        .map(|(_, tag)| tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_repository_normalises_hub_tags_and_digests() {
+        assert_eq!(image_repository("tailscale/tailscale"), "tailscale/tailscale");
+        assert_eq!(image_repository("tailscale/tailscale:v1.96.4"), "tailscale/tailscale");
+        assert_eq!(image_repository("docker.io/tailscale/tailscale:latest"), "tailscale/tailscale");
+        assert_eq!(
+            image_repository("ghcr.io/tailscale/tailscale@sha256:abc"),
+            "ghcr.io/tailscale/tailscale"
+        );
+        assert_eq!(image_repository("reg:5000/tailscale:v1"), "reg:5000/tailscale");
+        assert_eq!(image_tag("reg:5000/tailscale"), None);
+        assert_eq!(image_tag("reg:5000/tailscale:v1"), Some("v1"));
+        assert_eq!(image_tag("tailscale/tailscale@sha256:abc"), None);
+    }
+
+    #[test]
+    fn default_config_recognises_official_images_only() {
+        let c = Config::default();
+        assert!(c.is_tailscale_image("tailscale/tailscale:stable"));
+        assert!(c.is_tailscale_image("ghcr.io/tailscale/tailscale:v1.96.4"));
+        assert!(c.is_tailscale_image("index.docker.io/tailscale/tailscale"));
+        assert!(!c.is_tailscale_image("nginx:1.27"));
+        assert!(!c.is_tailscale_image("example.com/tailscale/tailscale-exporter"));
+    }
+
+    #[test]
+    fn config_file_sets_levels_images_and_exemptions() {
+        let c = Config::from_yaml(
+            "images: [mirror.local/tail*]\nrules:\n  image-tag: off\n  resources: deny\nexemptions:\n  - namespace: legacy-*\n    rules: [privileged]\n  - namespace: sandbox\n",
+        )
+        .expect("valid config");
+        assert!(c.is_tailscale_image("mirror.local/tailscale:v1"));
+        assert!(!c.is_tailscale_image("tailscale/tailscale"));
+        assert_eq!(c.level(RuleId::ImageTag), Level::Off);
+        assert_eq!(c.level(RuleId::Resources), Level::Deny);
+        assert_eq!(c.level(RuleId::Privileged), Level::Deny);
+        assert!(c.exempt("legacy-a", RuleId::Privileged));
+        assert!(!c.exempt("legacy-a", RuleId::HostNetwork));
+        assert!(c.exempt("sandbox", RuleId::HostNetwork));
+        assert!(!c.exempt("prod", RuleId::Privileged));
+    }
+
+    #[test]
+    fn config_errors_name_the_problem() {
+        let e = Config::from_yaml("rules:\n  no-such-rule: deny\n").unwrap_err().to_string();
+        assert!(e.contains("unknown rule `no-such-rule`"), "{e}");
+        let e = Config::from_yaml("rules:\n  privileged: maybe\n").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::from_yaml("imagez: []\n").unwrap_err().to_string();
+        assert!(e.contains("imagez"), "{e}");
+    }
+}

@@ -1,0 +1,16 @@
+//! tailguard: an admission webhook for Tailscale workloads.
+//!
+//! The pure core (`workload`, `tailscale`, `expansion`, `rules`, `admission`,
+//! `config`) never does I/O; `server`, `cluster` and `cli` are thin adapters.
+
+pub mod admission;
+pub mod certs;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod expansion;
+pub mod manifest;
+pub mod rules;
+pub mod server;
+pub mod tailscale;
+pub mod workload;

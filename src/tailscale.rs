@@ -1,0 +1,339 @@
+//! What a Tailscale container will do, read from its spec: containerboot's
+//! environment (with Kubernetes' `$(VAR)` expansion applied), its mode, and the
+//! `tailscale up` flags it passes.
+
+use k8s_openapi::api::core::v1::{Container, EnvVar};
+
+use crate::config::Config;
+use crate::expansion;
+use crate::workload::Workload;
+
+/// containerboot's health endpoint port when `TS_LOCAL_ADDR_PORT` is unset.
+pub const DEFAULT_HEALTH_PORT: u16 = 9002;
+
+/// A container that runs the Tailscale image.
+#[derive(Debug)]
+pub struct TailscaleContainer<'a> {
+    pub container: &'a Container,
+    /// Object path, e.g. `spec.template.spec.containers[0]`.
+    pub path: String,
+    /// An init container (a native sidecar when its restartPolicy is Always).
+    pub init: bool,
+    pub env: EnvModel<'a>,
+}
+
+/// The value an env entry ends up with in the running container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    /// A literal after `$(VAR)` expansion (unresolved references stay verbatim).
+    Known(String),
+    /// From `valueFrom` (fieldRef, secretKeyRef, ...), or expanded from one:
+    /// not knowable from the manifest.
+    External,
+}
+
+/// A container's `env`, expanded in order as the kubelet does.
+#[derive(Debug)]
+pub struct EnvModel<'a> {
+    vars: &'a [EnvVar],
+    values: Vec<EnvValue>,
+    /// The container has `envFrom`: names not in `env` may still be defined.
+    pub has_env_from: bool,
+}
+
+impl<'a> EnvModel<'a> {
+    pub fn new(container: &'a Container) -> Self {
+        let vars = container.env.as_deref().unwrap_or_default();
+        let mut values: Vec<EnvValue> = Vec::with_capacity(vars.len());
+        for (i, var) in vars.iter().enumerate() {
+            let value = match (&var.value, &var.value_from) {
+                (_, Some(_)) => EnvValue::External,
+                (Some(v), None) => {
+                    let mut external = false;
+                    let expanded = expansion::expand(v, |name| match lookup_before(vars, &values, name, i) {
+                        Some((_, EnvValue::Known(s))) => Some(s.as_str()),
+                        Some((_, EnvValue::External)) => {
+                            external = true;
+                            None
+                        }
+                        None => None,
+                    });
+                    if external {
+                        EnvValue::External
+                    } else {
+                        EnvValue::Known(expanded)
+                    }
+                }
+                (None, None) => EnvValue::Known(String::new()),
+            };
+            values.push(value);
+        }
+        EnvModel {
+            vars,
+            values,
+            has_env_from: container.env_from.as_ref().is_some_and(|e| !e.is_empty()),
+        }
+    }
+
+    pub fn vars(&self) -> &'a [EnvVar] {
+        self.vars
+    }
+
+    /// The effective definition of `name` (the last one wins), with its index.
+    pub fn get(&self, name: &str) -> Option<(usize, &EnvValue)> {
+        self.vars
+            .iter()
+            .rposition(|v| v.name == name)
+            .map(|i| (i, &self.values[i]))
+    }
+
+    /// The definition of `name` visible to `env[index]` (only earlier entries).
+    pub fn get_before(&self, name: &str, index: usize) -> Option<(usize, &EnvValue)> {
+        lookup_before(self.vars, &self.values, name, index)
+    }
+
+    /// The literal value of `name`, if it is set and knowable.
+    pub fn literal(&self, name: &str) -> Option<(usize, &str)> {
+        match self.get(name)? {
+            (i, EnvValue::Known(v)) => Some((i, v.as_str())),
+            (_, EnvValue::External) => None,
+        }
+    }
+
+    pub fn is_set(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// A boolean as containerboot reads it (Go's `strconv.ParseBool`): `None`
+    /// when unset, external or unparseable, in which case the default applies.
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        self.literal(name).and_then(|(_, v)| parse_go_bool(v))
+    }
+}
+
+fn lookup_before<'v>(vars: &[EnvVar], values: &'v [EnvValue], name: &str, index: usize) -> Option<(usize, &'v EnvValue)> {
+    vars[..index.min(values.len())]
+        .iter()
+        .rposition(|v| v.name == name)
+        .map(|i| (i, &values[i]))
+}
+
+/// Go's `strconv.ParseBool`.
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// How tailscaled will run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// TS_USERSPACE unset or unparseable: containerboot's default, userspace.
+    DefaultUserspace,
+    Userspace,
+    /// TS_USERSPACE=false: kernel TUN mode.
+    Kernel,
+    /// TS_USERSPACE comes from a ConfigMap/Secret: unknown.
+    Unknown,
+}
+
+impl<'a> TailscaleContainer<'a> {
+    /// The Tailscale containers of a workload (init containers included), in spec order.
+    pub fn find(workload: &'a Workload, config: &Config) -> Vec<TailscaleContainer<'a>> {
+        let base = workload.kind.pod_spec_path();
+        let init = workload.pod.init_containers.as_deref().unwrap_or_default();
+        let main = &workload.pod.containers;
+        let mut out = Vec::new();
+        for (list, field, is_init) in [(init, "initContainers", true), (main.as_slice(), "containers", false)] {
+            for (i, c) in list.iter().enumerate() {
+                if c.image.as_deref().is_some_and(|image| config.is_tailscale_image(image)) {
+                    out.push(TailscaleContainer {
+                        container: c,
+                        path: format!("{base}.{field}[{i}]"),
+                        init: is_init,
+                        env: EnvModel::new(c),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    pub fn name(&self) -> &str {
+        &self.container.name
+    }
+
+    pub fn env_path(&self, index: usize) -> String {
+        format!("{}.env[{index}].value", self.path)
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.env.get("TS_USERSPACE") {
+            None => Mode::DefaultUserspace,
+            Some((_, EnvValue::External)) => Mode::Unknown,
+            Some((_, EnvValue::Known(v))) => match parse_go_bool(v) {
+                Some(true) => Mode::Userspace,
+                Some(false) => Mode::Kernel,
+                None => Mode::DefaultUserspace,
+            },
+        }
+    }
+
+    pub fn privileged(&self) -> bool {
+        self.container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.privileged)
+            .unwrap_or(false)
+    }
+
+    pub fn adds_capability(&self, cap: &str) -> bool {
+        self.container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.add.as_ref())
+            .is_some_and(|add| add.iter().any(|a| a.strip_prefix("CAP_").unwrap_or(a) == cap))
+    }
+
+    /// The `tailscale up` arguments from `TS_EXTRA_ARGS`, if set and knowable.
+    pub fn up_args(&self) -> Option<UpArgs> {
+        let (index, value) = self.env.literal("TS_EXTRA_ARGS")?;
+        Some(UpArgs::parse(value, self.env_path(index)))
+    }
+}
+
+/// A `tailscale up` flag: its name and whether it takes a value.
+pub struct UpFlag {
+    pub name: &'static str,
+    pub takes_value: bool,
+}
+
+/// The flags of `tailscale up` in Tailscale 1.96 (checked against the real CLI's
+/// `--help` in tests/tailscale_cli.rs).
+pub const UP_FLAGS: &[UpFlag] = &include!("tailscale_up_flags.in");
+
+pub fn up_flag(name: &str) -> Option<&'static UpFlag> {
+    UP_FLAGS.iter().find(|f| f.name == name)
+}
+
+/// `TS_EXTRA_ARGS` as `tailscale up` parses it: containerboot splits on
+/// whitespace (no shell, no quoting) and Go's flag package reads the tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpArgs {
+    /// Where the arguments come from (the env value's path).
+    pub path: String,
+    pub flags: Vec<(String, Option<String>)>,
+    /// Tokens that are not known flags (or stray positional arguments).
+    pub unknown: Vec<String>,
+}
+
+impl UpArgs {
+    pub fn parse(value: &str, path: String) -> UpArgs {
+        let mut flags = Vec::new();
+        let mut unknown = Vec::new();
+        let mut tokens = value.split_whitespace();
+        while let Some(token) = tokens.next() {
+            let Some(body) = token.strip_prefix("--").or_else(|| token.strip_prefix('-')) else {
+                unknown.push(token.to_owned());
+                continue;
+            };
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (body, None),
+            };
+            match up_flag(name) {
+                Some(flag) => {
+                    let value = if inline.is_none() && flag.takes_value {
+                        tokens.next().map(str::to_owned)
+                    } else {
+                        inline
+                    };
+                    flags.push((name.to_owned(), value));
+                }
+                None => unknown.push(token.to_owned()),
+            }
+        }
+        UpArgs { path, flags, unknown }
+    }
+
+    /// The last value given for `name` (`Some("")` for a bare boolean flag).
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_deref().unwrap_or(""))
+    }
+
+    /// A boolean flag's value: present without a value means true.
+    pub fn bool(&self, name: &str) -> bool {
+        match self.value(name) {
+            Some("") => true,
+            Some(v) => parse_go_bool(v).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// The exit node in use, if a non-empty one is given.
+    pub fn exit_node(&self) -> Option<&str> {
+        self.value("exit-node").filter(|v| !v.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn container(env: serde_json::Value) -> Container {
+        serde_json::from_value(json!({"name": "ts", "image": "tailscale/tailscale", "env": env})).expect("container")
+    }
+
+    #[test]
+    fn env_expands_in_order_and_tracks_external_values() {
+        let c = container(json!([
+            {"name": "A", "value": "a"},
+            {"name": "B", "value": "$(A)-$(C)"},
+            {"name": "C", "value": "c"},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "D", "value": "$(NODE)"},
+            {"name": "A", "value": "override"},
+        ]));
+        let env = EnvModel::new(&c);
+        assert_eq!(env.literal("B"), Some((1, "a-$(C)")));
+        assert_eq!(env.get("D"), Some((4, &EnvValue::External)));
+        assert_eq!(env.literal("A"), Some((5, "override")));
+        assert_eq!(env.get_before("A", 2).map(|(i, _)| i), Some(0));
+        assert!(env.get_before("C", 1).is_none());
+    }
+
+    #[test]
+    fn mode_follows_containerboot_parsing() {
+        for (value, mode) in [("false", Mode::Kernel), ("0", Mode::Kernel), ("true", Mode::Userspace), ("no", Mode::DefaultUserspace)] {
+            let c = container(json!([{"name": "TS_USERSPACE", "value": value}]));
+            let w = TailscaleContainer {
+                container: &c,
+                path: String::new(),
+                init: false,
+                env: EnvModel::new(&c),
+            };
+            assert_eq!(w.mode(), mode, "TS_USERSPACE={value}");
+        }
+    }
+
+    #[test]
+    fn up_args_parse_like_go_flags() {
+        let a = UpArgs::parse(
+            "--exit-node=100.64.0.1 --accept-routes --hostname node-a -advertise-exit-node=false --bogus stray",
+            "p".into(),
+        );
+        assert_eq!(a.exit_node(), Some("100.64.0.1"));
+        assert!(a.bool("accept-routes"));
+        assert!(!a.bool("advertise-exit-node"));
+        assert_eq!(a.value("hostname"), Some("node-a"));
+        assert_eq!(a.unknown, vec!["--bogus".to_owned(), "stray".to_owned()]);
+    }
+}
