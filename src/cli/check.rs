@@ -1,9 +1,240 @@
-//! `tailguard check` (placeholder: being written).
+//! `tailguard check`: the webhook's rules, offline, on manifest files or stdin.
+//!
+//! Exit status: 0 no deny finding, 1 at least one, 2 some input could not be
+//! read (findings for the rest are still printed).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::ValueEnum;
+use k8s_openapi::api::core::v1::Namespace;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::manifest::{self, Document, ReadError};
+use crate::rules::{self, Finding, NamespaceFacts, Severity};
+use crate::workload::Workload;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Policy config (YAML): rule levels, image patterns, exemptions.
+    #[arg(long, env = "TAILGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Manifest files or directories (searched for *.yaml, *.yml, *.json); `-` reads stdin.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
 
-pub fn run(_args: CheckArgs) -> ExitCode {
-    ExitCode::from(2)
+/// One finding, located.
+#[derive(Debug, Clone, Serialize)]
+pub struct Located {
+    pub file: String,
+    pub line: usize,
+    /// `Kind/namespace/name` (`-` when the manifest leaves the namespace to the client).
+    pub object: String,
+    #[serde(flatten)]
+    pub finding: Finding,
+}
+
+/// Everything a check run found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub findings: Vec<Located>,
+    pub errors: Vec<String>,
+    #[serde(skip)]
+    pub objects: usize,
+}
+
+impl Report {
+    pub fn exit_code(&self) -> u8 {
+        if !self.errors.is_empty() {
+            2
+        } else if self.findings.iter().any(|f| f.finding.severity == Severity::Deny) {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+pub fn run(args: CheckArgs) -> ExitCode {
+    let config = match args.config.as_deref().map(Config::load).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("tailguard check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for path in &args.paths {
+        read_input(path, &mut docs, &mut errors);
+    }
+    let report = check_documents(&docs, errors, &config);
+    let mut stdout = std::io::stdout().lock();
+    let written = match args.output {
+        Output::Json => serde_json::to_writer_pretty(&mut stdout, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(stdout)),
+        Output::Text => write_text(&mut stdout, &report),
+    };
+    if let Err(e) = written
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("tailguard check: cannot write output: {e}");
+        return ExitCode::from(2);
+    }
+    if args.output == Output::Text {
+        let (deny, warn) = report
+            .findings
+            .iter()
+            .fold((0, 0), |(d, w), f| match f.finding.severity {
+                Severity::Deny => (d + 1, w),
+                Severity::Warn => (d, w + 1),
+            });
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!(
+            "tailguard check: {} object(s) with a pod spec checked: {deny} deny, {warn} warn, {} unreadable input(s)",
+            report.objects,
+            report.errors.len()
+        );
+    }
+    ExitCode::from(report.exit_code())
+}
+
+fn write_text(w: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    for f in &report.findings {
+        writeln!(
+            w,
+            "{}:{}: {}: {} {}: {}: {} (fix: {})",
+            f.file,
+            f.line,
+            f.object,
+            f.finding.severity,
+            f.finding.rule,
+            f.finding.path,
+            f.finding.message,
+            f.finding.hint
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads a file, a directory (recursively, sorted) or stdin (`-`).
+fn read_input(path: &Path, docs: &mut Vec<Document>, errors: &mut Vec<ReadError>) {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        match std::io::stdin().lock().read_to_string(&mut text) {
+            Ok(_) => push_stream("-", &text, docs, errors),
+            Err(e) => errors.push(io_error("-", &e)),
+        }
+        return;
+    }
+    let display = path.display().to_string();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let mut entries = match std::fs::read_dir(path) {
+                Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
+                Err(e) => return errors.push(io_error(&display, &e)),
+            };
+            entries.sort();
+            for entry in entries {
+                let is_manifest = entry
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+                if entry.is_dir() || is_manifest {
+                    read_input(&entry, docs, errors);
+                }
+            }
+        }
+        Ok(_) => match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => push_stream(&display, &text, docs, errors),
+                Err(_) => errors.push(ReadError {
+                    source: display,
+                    line: None,
+                    message: "not UTF-8 text".into(),
+                }),
+            },
+            Err(e) => errors.push(io_error(&display, &e)),
+        },
+        Err(e) => errors.push(io_error(&display, &e)),
+    }
+}
+
+fn push_stream(source: &str, text: &str, docs: &mut Vec<Document>, errors: &mut Vec<ReadError>) {
+    let (d, e) = manifest::parse_stream(source, text);
+    docs.extend(d);
+    errors.extend(e);
+}
+
+fn io_error(source: &str, e: &std::io::Error) -> ReadError {
+    ReadError {
+        source: source.to_owned(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    }
+}
+
+/// Runs the rules over manifest documents. Namespaces defined in the same
+/// input stand in for the cluster's (labels, annotations); other namespaces are
+/// unknown, so namespace-aware rules skip them.
+pub fn check_documents(docs: &[Document], read_errors: Vec<ReadError>, config: &Config) -> Report {
+    let mut errors: Vec<String> = read_errors.iter().map(ToString::to_string).collect();
+    let mut namespaces: BTreeMap<String, Arc<Namespace>> = BTreeMap::new();
+    for doc in docs
+        .iter()
+        .filter(|d| d.object.get("kind").and_then(|k| k.as_str()) == Some("Namespace"))
+    {
+        match serde_json::from_value::<Namespace>(doc.object.clone()) {
+            Ok(ns) => {
+                if let Some(name) = ns.metadata.name.clone() {
+                    namespaces.insert(name, Arc::new(ns));
+                }
+            }
+            Err(e) => errors.push(format!("{}:{}: Namespace: {e}", doc.source, doc.line)),
+        }
+    }
+    let mut report = Report::default();
+    for doc in docs {
+        let workload = match Workload::from_value(&doc.object) {
+            Ok(Some(w)) => w,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(format!("{}:{}: {e}", doc.source, doc.line));
+                continue;
+            }
+        };
+        report.objects += 1;
+        let facts = workload
+            .namespace()
+            .and_then(|ns| namespaces.get(ns))
+            .map_or(NamespaceFacts::Unknown, |ns| NamespaceFacts::Known(ns.clone()));
+        let object = workload.reference();
+        for finding in rules::evaluate(&workload, config, &facts) {
+            report.findings.push(Located {
+                file: doc.source.clone(),
+                line: doc.line,
+                object: object.clone(),
+                finding,
+            });
+        }
+    }
+    report.errors = errors;
+    report
 }
