@@ -72,8 +72,9 @@ struct ReviewIn<'a> {
     api_version: String,
     #[serde(default)]
     kind: String,
+    /// Decoded after the version check, so a foreign review gets that error.
     #[serde(borrow, default)]
-    request: Option<RequestIn<'a>>,
+    request: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -137,7 +138,7 @@ pub fn validate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) 
             kind: review.kind,
         });
     }
-    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    let request: RequestIn<'_> = serde_json::from_str(review.request.ok_or(ReviewError::NoRequest)?.get())?;
     if request.uid.is_empty() {
         return Err(ReviewError::NoUid);
     }
