@@ -27,15 +27,9 @@ pub const DEFAULT_IMAGES: &[&str] = &["tailscale/tailscale", "ghcr.io/tailscale/
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("invalid config{}: {message}", location.as_deref().map(|l| format!(" ({l})")).unwrap_or_default())]
-    Invalid {
-        location: Option<String>,
-        message: String,
-    },
+    Invalid { location: Option<String>, message: String },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,9 +212,7 @@ pub fn image_repository(image: &str) -> &str {
 pub fn image_tag(image: &str) -> Option<&str> {
     let without_digest = image.split_once('@').map_or(image, |(repo, _)| repo);
     let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
-    without_digest[last_slash..]
-        .split_once(':')
-        .map(|(_, tag)| tag)
+    without_digest[last_slash..].split_once(':').map(|(_, tag)| tag)
 }
 
 #[cfg(test)]
@@ -231,7 +223,10 @@ mod tests {
     fn image_repository_normalises_hub_tags_and_digests() {
         assert_eq!(image_repository("tailscale/tailscale"), "tailscale/tailscale");
         assert_eq!(image_repository("tailscale/tailscale:v1.96.4"), "tailscale/tailscale");
-        assert_eq!(image_repository("docker.io/tailscale/tailscale:latest"), "tailscale/tailscale");
+        assert_eq!(
+            image_repository("docker.io/tailscale/tailscale:latest"),
+            "tailscale/tailscale"
+        );
         assert_eq!(
             image_repository("ghcr.io/tailscale/tailscale@sha256:abc"),
             "ghcr.io/tailscale/tailscale"
@@ -271,9 +266,13 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_problem() {
-        let e = Config::from_yaml("rules:\n  no-such-rule: deny\n").unwrap_err().to_string();
+        let e = Config::from_yaml("rules:\n  no-such-rule: deny\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown rule `no-such-rule`"), "{e}");
-        let e = Config::from_yaml("rules:\n  privileged: maybe\n").unwrap_err().to_string();
+        let e = Config::from_yaml("rules:\n  privileged: maybe\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2"), "{e}");
         let e = Config::from_yaml("imagez: []\n").unwrap_err().to_string();
         assert!(e.contains("imagez"), "{e}");

@@ -111,7 +111,12 @@ impl<'a> EnvModel<'a> {
     }
 }
 
-fn lookup_before<'v>(vars: &[EnvVar], values: &'v [EnvValue], name: &str, index: usize) -> Option<(usize, &'v EnvValue)> {
+fn lookup_before<'v>(
+    vars: &[EnvVar],
+    values: &'v [EnvValue],
+    name: &str,
+    index: usize,
+) -> Option<(usize, &'v EnvValue)> {
     vars[..index.min(values.len())]
         .iter()
         .rposition(|v| v.name == name)
@@ -312,7 +317,12 @@ mod tests {
 
     #[test]
     fn mode_follows_containerboot_parsing() {
-        for (value, mode) in [("false", Mode::Kernel), ("0", Mode::Kernel), ("true", Mode::Userspace), ("no", Mode::DefaultUserspace)] {
+        for (value, mode) in [
+            ("false", Mode::Kernel),
+            ("0", Mode::Kernel),
+            ("true", Mode::Userspace),
+            ("no", Mode::DefaultUserspace),
+        ] {
             let c = container(json!([{"name": "TS_USERSPACE", "value": value}]));
             let w = TailscaleContainer {
                 container: &c,

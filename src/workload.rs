@@ -297,9 +297,15 @@ mod tests {
         let cases = [
             ("Pod", json!(pod_spec.clone())),
             ("DaemonSet", json!({"template": {"spec": pod_spec.clone()}})),
-            ("Deployment", json!({"replicas": 3, "template": {"spec": pod_spec.clone()}})),
+            (
+                "Deployment",
+                json!({"replicas": 3, "template": {"spec": pod_spec.clone()}}),
+            ),
             ("Job", json!({"parallelism": 2, "template": {"spec": pod_spec.clone()}})),
-            ("CronJob", json!({"jobTemplate": {"spec": {"template": {"spec": pod_spec.clone()}}}})),
+            (
+                "CronJob",
+                json!({"jobTemplate": {"spec": {"template": {"spec": pod_spec.clone()}}}}),
+            ),
         ];
         for (kind, spec) in cases {
             let obj = json!({"kind": kind, "metadata": {"name": "x", "managedFields": [{"a": 1}]}, "spec": spec});

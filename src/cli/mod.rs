@@ -9,7 +9,11 @@ use crate::server::{self, ServeArgs};
 pub mod check;
 
 #[derive(Debug, Parser)]
-#[command(name = "tailguard", version, about = "Admission webhook and linter for Tailscale workloads on Kubernetes")]
+#[command(
+    name = "tailguard",
+    version,
+    about = "Admission webhook and linter for Tailscale workloads on Kubernetes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -50,7 +54,9 @@ pub fn run(cli: Cli) -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("TAILGUARD_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

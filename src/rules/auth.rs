@@ -35,7 +35,10 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
         }
         if let Some(up) = tc.up_args() {
             for flag in SECRET_FLAGS {
-                if up.value(flag).is_some_and(|v| !v.is_empty() && !v.starts_with("file:") && !v.contains("$(")) {
+                if up
+                    .value(flag)
+                    .is_some_and(|v| !v.is_empty() && !v.starts_with("file:") && !v.contains("$("))
+                {
                     out.report(
                         RuleId::LiteralAuthKey,
                         up.path.clone(),

@@ -27,7 +27,9 @@ fn unknown_flags(up: &UpArgs, out: &mut Findings<'_>) {
                     "`{token}` is not a `tailscale up` flag (Tailscale 1.96): tailscale up exits with \"flag provided but not defined\" and the container crash-loops"
                 ),
                 match closest_flag(name) {
-                    Some(known) => format!("did you mean --{known}? Otherwise remove it (tailscaled flags go in TS_TAILSCALED_EXTRA_ARGS)"),
+                    Some(known) => format!(
+                        "did you mean --{known}? Otherwise remove it (tailscaled flags go in TS_TAILSCALED_EXTRA_ARGS)"
+                    ),
                     None => "remove it; tailscaled flags go in TS_TAILSCALED_EXTRA_ARGS".to_owned(),
                 },
             )

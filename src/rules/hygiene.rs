@@ -18,7 +18,11 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
             ),
             Some(_) => {}
         }
-        let has_limits = c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some_and(|l| !l.is_empty());
+        let has_limits = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_some_and(|l| !l.is_empty());
         if !has_limits {
             out.report(
                 RuleId::Resources,

@@ -196,7 +196,13 @@ impl Findings<'_> {
     }
 
     /// Records a finding at the rule's configured severity.
-    pub fn report(&mut self, rule: RuleId, path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) {
+    pub fn report(
+        &mut self,
+        rule: RuleId,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         if let Some(severity) = self.severity(rule) {
             self.push(rule, severity, path.into(), message.into(), hint.into());
         }
@@ -204,9 +210,21 @@ impl Findings<'_> {
 
     /// Records a finding that depends on something the manifest cannot show
     /// (envFrom, service links, a custom image): never more than a warning.
-    pub fn report_uncertain(&mut self, rule: RuleId, path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) {
+    pub fn report_uncertain(
+        &mut self,
+        rule: RuleId,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         if let Some(severity) = self.severity(rule) {
-            self.push(rule, severity.max(Severity::Warn), path.into(), message.into(), hint.into());
+            self.push(
+                rule,
+                severity.max(Severity::Warn),
+                path.into(),
+                message.into(),
+                hint.into(),
+            );
         }
     }
 
@@ -225,11 +243,7 @@ impl Findings<'_> {
 fn skipped_rules(namespace: &NamespaceFacts, namespace_name: Option<&str>, config: &Config) -> BTreeSet<RuleId> {
     let mut skipped: BTreeSet<RuleId> = namespace
         .annotation(SKIP_RULES_ANNOTATION)
-        .map(|list| {
-            list.split(',')
-                .filter_map(|r| RuleId::from_name(r.trim()))
-                .collect()
-        })
+        .map(|list| list.split(',').filter_map(|r| RuleId::from_name(r.trim())).collect())
         .unwrap_or_default();
     if let Some(ns) = namespace_name {
         skipped.extend(RuleId::ALL.iter().copied().filter(|r| config.exempt(ns, *r)));

@@ -42,7 +42,11 @@ pub fn enforced_level(ns: &NamespaceFacts) -> Option<PsaLevel> {
     match ns {
         NamespaceFacts::Unknown => None,
         NamespaceFacts::Missing => Some(PsaLevel::Privileged),
-        NamespaceFacts::Known(_) => Some(ns.label(ENFORCE_LABEL).and_then(PsaLevel::parse).unwrap_or(PsaLevel::Privileged)),
+        NamespaceFacts::Known(_) => Some(
+            ns.label(ENFORCE_LABEL)
+                .and_then(PsaLevel::parse)
+                .unwrap_or(PsaLevel::Privileged),
+        ),
     }
 }
 
@@ -85,7 +89,8 @@ const SAFE_SYSCTLS: &[&str] = &[
     "net.ipv4.tcp_keepalive_probes",
 ];
 
-const RESTRICTED_VOLUMES: &str = "configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected, secret";
+const RESTRICTED_VOLUMES: &str =
+    "configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected, secret";
 
 /// Every Pod Security violation of `pod` (whose path is `base`).
 pub fn violations(pod: &PodSpec, base: &str) -> Vec<Violation> {
@@ -97,13 +102,22 @@ pub fn violations(pod: &PodSpec, base: &str) -> Vec<Violation> {
             forbidden_from: level,
         })
     };
-    for (field, on) in [("hostNetwork", pod.host_network), ("hostPID", pod.host_pid), ("hostIPC", pod.host_ipc)] {
+    for (field, on) in [
+        ("hostNetwork", pod.host_network),
+        ("hostPID", pod.host_pid),
+        ("hostIPC", pod.host_ipc),
+    ] {
         if on == Some(true) {
             add(format!("{base}.{field}"), format!("{field}: true"), PsaLevel::Baseline);
         }
     }
     let pod_sc = pod.security_context.as_ref();
-    for (i, sysctl) in pod_sc.and_then(|s| s.sysctls.as_deref()).unwrap_or_default().iter().enumerate() {
+    for (i, sysctl) in pod_sc
+        .and_then(|s| s.sysctls.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         if !SAFE_SYSCTLS.contains(&sysctl.name.as_str()) {
             add(
                 format!("{base}.securityContext.sysctls[{i}]"),
@@ -112,17 +126,31 @@ pub fn violations(pod: &PodSpec, base: &str) -> Vec<Violation> {
             );
         }
     }
-    let pod_seccomp = pod_sc.and_then(|s| s.seccomp_profile.as_ref()).map(|p| p.type_.as_str());
+    let pod_seccomp = pod_sc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .map(|p| p.type_.as_str());
     if pod_seccomp == Some("Unconfined") {
-        add(format!("{base}.securityContext.seccompProfile.type"), "seccompProfile Unconfined".into(), PsaLevel::Baseline);
+        add(
+            format!("{base}.securityContext.seccompProfile.type"),
+            "seccompProfile Unconfined".into(),
+            PsaLevel::Baseline,
+        );
     }
     let pod_non_root = pod_sc.and_then(|s| s.run_as_non_root);
     if pod_sc.and_then(|s| s.run_as_user) == Some(0) {
-        add(format!("{base}.securityContext.runAsUser"), "runAsUser: 0".into(), PsaLevel::Restricted);
+        add(
+            format!("{base}.securityContext.runAsUser"),
+            "runAsUser: 0".into(),
+            PsaLevel::Restricted,
+        );
     }
     for (i, volume) in pod.volumes.as_deref().unwrap_or_default().iter().enumerate() {
         if volume.host_path.is_some() {
-            add(format!("{base}.volumes[{i}].hostPath"), format!("the hostPath volume `{}`", volume.name), PsaLevel::Baseline);
+            add(
+                format!("{base}.volumes[{i}].hostPath"),
+                format!("the hostPath volume `{}`", volume.name),
+                PsaLevel::Baseline,
+            );
         } else {
             let allowed = volume.config_map.is_some()
                 || volume.csi.is_some()
@@ -135,7 +163,10 @@ pub fn violations(pod: &PodSpec, base: &str) -> Vec<Violation> {
             if !allowed {
                 add(
                     format!("{base}.volumes[{i}]"),
-                    format!("the volume `{}` (restricted allows only {RESTRICTED_VOLUMES})", volume.name),
+                    format!(
+                        "the volume `{}` (restricted allows only {RESTRICTED_VOLUMES})",
+                        volume.name
+                    ),
                     PsaLevel::Restricted,
                 );
             }
@@ -163,29 +194,58 @@ fn container_violations(
     let name = &c.name;
     let sc: Option<&SecurityContext> = c.security_context.as_ref();
     if sc.and_then(|s| s.privileged) == Some(true) {
-        add(format!("{path}.securityContext.privileged"), format!("privileged: true in `{name}`"), PsaLevel::Baseline);
+        add(
+            format!("{path}.securityContext.privileged"),
+            format!("privileged: true in `{name}`"),
+            PsaLevel::Baseline,
+        );
     }
     let caps = sc.and_then(|s| s.capabilities.as_ref());
-    for (j, cap) in caps.and_then(|c| c.add.as_deref()).unwrap_or_default().iter().enumerate() {
+    for (j, cap) in caps
+        .and_then(|c| c.add.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let bare = cap.strip_prefix("CAP_").unwrap_or(cap);
         let cap_path = format!("{path}.securityContext.capabilities.add[{j}]");
         if !BASELINE_CAPS.contains(&bare) {
-            add(cap_path, format!("the capability {bare} in `{name}`"), PsaLevel::Baseline);
+            add(
+                cap_path,
+                format!("the capability {bare} in `{name}`"),
+                PsaLevel::Baseline,
+            );
         } else if bare != "NET_BIND_SERVICE" {
-            add(cap_path, format!("the capability {bare} in `{name}` (restricted allows only NET_BIND_SERVICE)"), PsaLevel::Restricted);
+            add(
+                cap_path,
+                format!("the capability {bare} in `{name}` (restricted allows only NET_BIND_SERVICE)"),
+                PsaLevel::Restricted,
+            );
         }
     }
     for (j, port) in c.ports.as_deref().unwrap_or_default().iter().enumerate() {
         if port.host_port.is_some_and(|p| p != 0) {
-            add(format!("{path}.ports[{j}].hostPort"), format!("hostPort in `{name}`"), PsaLevel::Baseline);
+            add(
+                format!("{path}.ports[{j}].hostPort"),
+                format!("hostPort in `{name}`"),
+                PsaLevel::Baseline,
+            );
         }
     }
     if sc.and_then(|s| s.proc_mount.as_deref()).is_some_and(|m| m != "Default") {
-        add(format!("{path}.securityContext.procMount"), format!("a non-default procMount in `{name}`"), PsaLevel::Baseline);
+        add(
+            format!("{path}.securityContext.procMount"),
+            format!("a non-default procMount in `{name}`"),
+            PsaLevel::Baseline,
+        );
     }
     let seccomp = sc.and_then(|s| s.seccomp_profile.as_ref()).map(|p| p.type_.as_str());
     if seccomp == Some("Unconfined") {
-        add(format!("{path}.securityContext.seccompProfile.type"), format!("seccompProfile Unconfined in `{name}`"), PsaLevel::Baseline);
+        add(
+            format!("{path}.securityContext.seccompProfile.type"),
+            format!("seccompProfile Unconfined in `{name}`"),
+            PsaLevel::Baseline,
+        );
     } else if !matches!(seccomp.or(pod_seccomp), Some("RuntimeDefault" | "Localhost")) {
         add(
             format!("{path}.securityContext.seccompProfile"),
@@ -201,10 +261,18 @@ fn container_violations(
         );
     }
     if sc.and_then(|s| s.run_as_non_root).or(pod_non_root) != Some(true) {
-        add(format!("{path}.securityContext.runAsNonRoot"), format!("runAsNonRoot not true for `{name}`"), PsaLevel::Restricted);
+        add(
+            format!("{path}.securityContext.runAsNonRoot"),
+            format!("runAsNonRoot not true for `{name}`"),
+            PsaLevel::Restricted,
+        );
     }
     if sc.and_then(|s| s.run_as_user) == Some(0) {
-        add(format!("{path}.securityContext.runAsUser"), format!("runAsUser: 0 in `{name}`"), PsaLevel::Restricted);
+        add(
+            format!("{path}.securityContext.runAsUser"),
+            format!("runAsUser: 0 in `{name}`"),
+            PsaLevel::Restricted,
+        );
     }
     let drops_all = caps
         .and_then(|c| c.drop.as_deref())
@@ -222,7 +290,9 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
     if !out.enabled(RuleId::PodSecurityLevel) {
         return;
     }
-    let Some(level) = enforced_level(cx.namespace) else { return };
+    let Some(level) = enforced_level(cx.namespace) else {
+        return;
+    };
     if level == PsaLevel::Privileged {
         return;
     }

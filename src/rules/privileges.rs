@@ -118,7 +118,9 @@ fn tun_mount(tc: &TailscaleContainer<'_>, pod: &PodSpec) -> Tun {
         let Some((vi, volume)) = volumes.iter().enumerate().find(|(_, v)| v.name == mount.name) else {
             continue;
         };
-        let Some(host) = &volume.host_path else { continue };
+        let Some(host) = &volume.host_path else {
+            continue;
+        };
         let covers = |host_dir: &str| {
             host.path.trim_end_matches('/') == host_dir
                 && mount.mount_path.trim_end_matches('/') == host_dir

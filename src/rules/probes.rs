@@ -101,7 +101,9 @@ fn missing_tool(tc: &TailscaleContainer<'_>, tool: &str, path: &str, out: &mut F
     // Only the official images are known to be Alpine/busybox; a custom
     // mirror or derived image may ship the tool.
     let official = DEFAULT_IMAGES.contains(&image_repository(image));
-    let message = format!("the probe runs `{tool}`, which the Tailscale image (Alpine with busybox) does not ship, so the probe always fails");
+    let message = format!(
+        "the probe runs `{tool}`, which the Tailscale image (Alpine with busybox) does not ship, so the probe always fails"
+    );
     let hint = format!("use busybox tools (sh, grep, wget) or `tailscale status`, or better: {HEALTHZ_FORM}");
     if official {
         out.report(RuleId::ProbeShell, path, message, hint);
@@ -117,11 +119,15 @@ fn healthz_probe(tc: &TailscaleContainer<'_>, probe: &Probe, path: &str, out: &m
     }
     // Where containerboot serves /healthz, if it does: TS_ENABLE_HEALTH_CHECK
     // on TS_LOCAL_ADDR_PORT, or the deprecated TS_HEALTHCHECK_ADDR_PORT.
-    let (addr_var, addr) = match (tc.env.get("TS_HEALTHCHECK_ADDR_PORT"), tc.env.get("TS_ENABLE_HEALTH_CHECK")) {
+    let (addr_var, addr) = match (
+        tc.env.get("TS_HEALTHCHECK_ADDR_PORT"),
+        tc.env.get("TS_ENABLE_HEALTH_CHECK"),
+    ) {
         (Some((_, EnvValue::External)), _) | (_, Some((_, EnvValue::External))) => return,
         (Some((i, EnvValue::Known(v))), _) if !v.is_empty() => (i, v.clone()),
         (_, enabled) => {
-            let on = matches!(enabled, Some((_, EnvValue::Known(v))) if crate::tailscale::parse_go_bool(v) == Some(true));
+            let on =
+                matches!(enabled, Some((_, EnvValue::Known(v))) if crate::tailscale::parse_go_bool(v) == Some(true));
             if !on {
                 let at = enabled.map_or_else(|| format!("{}.env", tc.path), |(i, _)| tc.env_path(i));
                 out.report(
@@ -141,7 +147,9 @@ fn healthz_probe(tc: &TailscaleContainer<'_>, probe: &Probe, path: &str, out: &m
             }
         }
     };
-    let Some((host, port)) = split_host_port(&addr) else { return };
+    let Some((host, port)) = split_host_port(&addr) else {
+        return;
+    };
     let served_at = if addr_var == usize::MAX {
         format!("{addr} (the default)")
     } else {

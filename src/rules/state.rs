@@ -6,7 +6,9 @@ use crate::tailscale::{EnvValue, TailscaleContainer};
 use crate::workload::WorkloadKind;
 
 pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
-    let Some(many) = cx.workload.many_pods() else { return };
+    let Some(many) = cx.workload.many_pods() else {
+        return;
+    };
     for tc in &cx.containers {
         let (path, secret) = match tc.env.get("TS_KUBE_SECRET") {
             None => (format!("{}.env", tc.path), "`tailscale`".to_owned()),
@@ -46,7 +48,12 @@ fn per_pod(tc: &TailscaleContainer<'_>, index: usize, kind: WorkloadKind) -> boo
     };
     if vars[index].value_from.is_some() {
         // A ConfigMap/Secret value cannot be judged; only a shared fieldRef is known-bad.
-        return vars[index].value_from.as_ref().and_then(|f| f.field_ref.as_ref()).is_none() || per_pod_field(index);
+        return vars[index]
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .is_none()
+            || per_pod_field(index);
     }
     let value = vars[index].value.as_deref().unwrap_or_default();
     expansion::references(value).any(|(name, _)| tc.env.get_before(name, index).is_some_and(|(j, _)| per_pod_field(j)))

@@ -72,7 +72,8 @@ fn classify(tc: &TailscaleContainer<'_>, name: &str, later: Option<usize>, servi
 
 /// `<SVC>_SERVICE_HOST`, `<SVC>_PORT_...` and friends, injected per Service.
 fn is_service_link_name(name: &str) -> bool {
-    name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    name.chars()
+        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
         && (name.ends_with("_SERVICE_HOST") || name.contains("_SERVICE_PORT") || has_port_proto(name))
 }
 
@@ -87,7 +88,9 @@ fn has_port_proto(name: &str) -> bool {
 
 fn check_env(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Findings<'_>) {
     for (i, var) in tc.env.vars().iter().enumerate() {
-        let Some(value) = var.value.as_deref() else { continue };
+        let Some(value) = var.value.as_deref() else {
+            continue;
+        };
         let path = tc.env_path(i);
         for (name, _) in expansion::references(value) {
             if tc.env.get_before(name, i).is_some() || ALWAYS_DEFINED.contains(&name) {
@@ -97,7 +100,14 @@ fn check_env(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Finding
                 .iter()
                 .position(|v| v.name == name)
                 .map(|j| i + 1 + j);
-            report(tc, &path, &var.name, name, classify(tc, name, later, service_links), out);
+            report(
+                tc,
+                &path,
+                &var.name,
+                name,
+                classify(tc, name, later, service_links),
+                out,
+            );
         }
         if NO_SHELL_ENV.contains(&var.name.as_str()) {
             for (shell_ref, _) in expansion::shell_references(value) {
@@ -170,7 +180,10 @@ fn check_command_and_args(tc: &TailscaleContainer<'_>, service_links: bool, out:
                 );
                 let hint = format!(
                     "use `$({})` (defined in env), or run the command through `sh -c`",
-                    shell_ref.trim_start_matches('$').trim_start_matches('{').trim_end_matches('}')
+                    shell_ref
+                        .trim_start_matches('$')
+                        .trim_start_matches('{')
+                        .trim_end_matches('}')
                 );
                 // The image's own entrypoint (containerboot) and tailscale's
                 // binaries never expand it; a custom entrypoint script might.
