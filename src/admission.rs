@@ -11,7 +11,10 @@ use kube::core::admission::Operation;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use base64::Engine as _;
+
 use crate::config::Config;
+use crate::inject::{self, Decision, OptIn};
 use crate::rules::{self, Finding, NamespaceFacts, Severity};
 use crate::workload::{Meta, Workload, WorkloadKind};
 
@@ -55,6 +58,28 @@ pub struct Verdict {
     pub findings: Vec<Finding>,
     /// Set when the object could not be read; the review is then refused.
     pub unreadable: Option<String>,
+    /// Set when the object is refused for a reason other than rule findings
+    /// (an invalid injection annotation, say).
+    pub denied: Option<String>,
+    /// The JSON Patch returned (mutation), if any.
+    pub patch: Option<json_patch::Patch>,
+    /// Warnings besides warn findings (what was injected, or why not).
+    pub notes: Vec<String>,
+}
+
+impl Verdict {
+    fn allow(uid: &str, object: Option<String>) -> Verdict {
+        Verdict {
+            uid: uid.to_owned(),
+            allowed: true,
+            object,
+            findings: Vec::new(),
+            unreadable: None,
+            denied: None,
+            patch: None,
+            notes: Vec::new(),
+        }
+    }
 }
 
 /// The review response: bytes to send, and what was decided.
@@ -127,10 +152,24 @@ struct ResponseOut<'a> {
     status: Option<Status>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
+    /// Base64 RFC 6902 patch (the documented form; kube-core would send a byte array).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(rename = "patchType", skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
 }
 
 /// Answers a `/validate` review.
 pub fn validate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) -> Result<Reviewed, ReviewError> {
+    review(body, |request| decide_validate(request, config, namespaces))
+}
+
+/// Answers a `/mutate` review: injects the egress sidecar into opted-in pods.
+pub fn mutate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) -> Result<Reviewed, ReviewError> {
+    review(body, |request| decide_mutate(request, config, namespaces))
+}
+
+fn review(body: &[u8], decide: impl FnOnce(&RequestIn<'_>) -> Verdict) -> Result<Reviewed, ReviewError> {
     let review: ReviewIn<'_> = serde_json::from_slice(body)?;
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(ReviewError::Version {
@@ -142,37 +181,21 @@ pub fn validate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) 
     if request.uid.is_empty() {
         return Err(ReviewError::NoUid);
     }
-    let verdict = decide(&request, config, namespaces);
+    let verdict = decide(&request);
     Ok(Reviewed {
         body: respond(&verdict),
         verdict,
     })
 }
 
-fn decide(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
-    let allow = |object: Option<String>| Verdict {
-        uid: request.uid.clone(),
-        allowed: true,
-        object,
-        findings: Vec::new(),
-        unreadable: None,
-    };
+/// The workload in a request, if it is one tailguard reads (`Ok(None)` otherwise).
+fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Verdict> {
     // Only creates and updates of the object itself carry a pod spec to judge.
     let judged = matches!(request.operation, Operation::Create | Operation::Update)
         && request.sub_resource.as_deref().is_none_or(str::is_empty)
         && matches!(request.kind.group.as_str(), "" | "apps" | "batch");
     let (Some(kind), Some(object), true) = (WorkloadKind::from_kind(&request.kind.kind), request.object, judged) else {
-        return allow(None);
-    };
-    let reference = |meta: &Meta| {
-        format!(
-            "{kind}/{}/{}",
-            request.namespace.as_deref().unwrap_or("-"),
-            meta.name
-                .clone()
-                .or_else(|| request.name.clone())
-                .unwrap_or_else(|| meta.display_name())
-        )
+        return Ok(None);
     };
     let parsed = serde_json::from_str::<ObjectIn<'_>>(object.get())
         .map_err(|e| e.to_string())
@@ -182,40 +205,76 @@ fn decide(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSo
             if meta.namespace.as_deref().is_none_or(str::is_empty) {
                 meta.namespace.clone_from(&request.namespace);
             }
+            if meta.name.as_deref().is_none_or(str::is_empty) {
+                meta.name.clone_from(&request.name);
+            }
             let spec = o.spec.ok_or_else(|| format!("{kind} has no spec"))?;
             let mut de = serde_json::Deserializer::from_str(spec.get());
             Workload::decode(kind, meta, &mut de).map_err(|e| e.to_string())
         });
-    let workload = match parsed {
-        Ok(w) => w,
+    match parsed {
+        Ok(w) => Ok(Some(w)),
         // The apiserver has already validated the object, so this is tailguard's
         // own limit; refuse rather than let an unread object through unchecked.
         Err(e) => {
-            return Verdict {
-                uid: request.uid.clone(),
-                allowed: false,
-                object: Some(format!("{kind}/{}", request.namespace.as_deref().unwrap_or("-"))),
-                findings: Vec::new(),
-                unreadable: Some(format!("tailguard could not read this {kind}: {e}")),
-            };
+            let mut v = Verdict::allow(
+                &request.uid,
+                Some(format!("{kind}/{}", request.namespace.as_deref().unwrap_or("-"))),
+            );
+            v.allowed = false;
+            v.unreadable = Some(format!("tailguard could not read this {kind}: {e}"));
+            Err(v)
         }
-    };
-    // Never block an object on its way out (finalizers being removed).
-    if workload.meta.deletion_timestamp.is_some() {
-        return allow(Some(reference(&workload.meta)));
     }
-    let facts = match workload.namespace() {
+}
+
+fn facts_for(workload: &Workload, namespaces: &dyn NamespaceSource) -> NamespaceFacts {
+    match workload.namespace() {
         Some(ns) => namespaces.namespace(ns),
         None => NamespaceFacts::Unknown,
-    };
-    let findings = rules::evaluate(&workload, config, &facts);
-    Verdict {
-        uid: request.uid.clone(),
-        allowed: !findings.iter().any(|f| f.severity == Severity::Deny),
-        object: Some(reference(&workload.meta)),
-        findings,
-        unreadable: None,
     }
+}
+
+fn decide_validate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
+    let workload = match workload_of(request) {
+        Ok(Some(w)) => w,
+        Ok(None) => return Verdict::allow(&request.uid, None),
+        Err(v) => return v,
+    };
+    let mut verdict = Verdict::allow(&request.uid, Some(workload.reference()));
+    // Never block an object on its way out (finalizers being removed).
+    if workload.meta.deletion_timestamp.is_some() {
+        return verdict;
+    }
+    verdict.findings = rules::evaluate(&workload, config, &facts_for(&workload, namespaces));
+    verdict.allowed = !verdict.findings.iter().any(|f| f.severity == Severity::Deny);
+    verdict
+}
+
+fn decide_mutate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
+    // Pods are injected when created; templates are left alone.
+    if request.operation != Operation::Create || request.kind.kind != "Pod" {
+        return Verdict::allow(&request.uid, None);
+    }
+    let workload = match workload_of(request) {
+        Ok(Some(w)) => w,
+        Ok(None) => return Verdict::allow(&request.uid, None),
+        Err(v) => return v,
+    };
+    let mut verdict = Verdict::allow(&request.uid, Some(workload.reference()));
+    match inject::decide(&workload, &facts_for(&workload, namespaces), config, OptIn::Webhook) {
+        Decision::NotOptedIn | Decision::AlreadyInjected => {}
+        Decision::Skip(why) => verdict.notes.push(format!("tailguard: sidecar not injected: {why}")),
+        Decision::Inject { patch, summary } => {
+            verdict.notes.push(format!("tailguard: {summary}"));
+            verdict.patch = Some(patch);
+        }
+        Decision::Deny(why) => {
+            verdict.allowed = false;
+            verdict.denied = Some(why);
+        }
+    }
+    verdict
 }
 
 /// The denial message shown by kubectl: every deny finding, one per line.
@@ -229,9 +288,13 @@ pub fn denial_message(object: &str, findings: &[Finding]) -> String {
 }
 
 fn respond(verdict: &Verdict) -> Vec<u8> {
-    let status = (!verdict.allowed).then(|| match &verdict.unreadable {
-        Some(e) => Status::failure(e, "BadRequest").with_code(400),
-        None => {
+    let status = (!verdict.allowed).then(|| match (&verdict.unreadable, &verdict.denied) {
+        (Some(e), _) => Status::failure(e, "BadRequest").with_code(400),
+        (None, Some(why)) => {
+            let object = verdict.object.as_deref().unwrap_or("object");
+            Status::failure(&format!("tailguard denied {object}: {why}"), "Forbidden").with_code(403)
+        }
+        (None, None) => {
             let object = verdict.object.as_deref().unwrap_or("object");
             Status::failure(&denial_message(object, &verdict.findings), "Forbidden").with_code(403)
         }
@@ -241,7 +304,14 @@ fn respond(verdict: &Verdict) -> Vec<u8> {
         .iter()
         .filter(|f| f.severity == Severity::Warn)
         .map(|f| format!("tailguard: {f}"))
+        .chain(verdict.notes.iter().cloned())
         .collect();
+    let patch = verdict
+        .patch
+        .as_ref()
+        .filter(|p| !p.0.is_empty())
+        .and_then(|p| serde_json::to_vec(p).ok())
+        .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
     let out = ReviewOut {
         api_version: API_VERSION,
         kind: KIND,
@@ -250,6 +320,8 @@ fn respond(verdict: &Verdict) -> Vec<u8> {
             allowed: verdict.allowed,
             status,
             warnings,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
         },
     };
     // Serializing plain structs of strings cannot fail.

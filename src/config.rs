@@ -41,6 +41,8 @@ struct ConfigFile {
     rules: BTreeMap<String, Level>,
     #[serde(default)]
     exemptions: Vec<ExemptionFile>,
+    #[serde(default)]
+    injection: InjectionConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +60,70 @@ pub struct Config {
     images: Vec<NamePattern>,
     levels: [Level; RuleId::ALL.len()],
     exemptions: Vec<Exemption>,
+    pub injection: InjectionConfig,
+    allowed_sidecar_images: Vec<NamePattern>,
+}
+
+/// Defaults for injected egress sidecars; namespaces and pods override the
+/// per-workload ones with `tailguard.io/*` annotations.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct InjectionConfig {
+    /// Sidecar image.
+    pub image: String,
+    /// Repositories a `tailguard.io/image` annotation may name (trailing * = prefix).
+    pub allowed_images: Vec<String>,
+    /// Secret holding the auth key, and its key.
+    pub auth_secret: String,
+    pub auth_secret_key: String,
+    /// `userspace` (HTTP/SOCKS5 proxies, no privileges) or `tun` (NET_ADMIN, TUN device).
+    pub mode: String,
+    /// Exit node (a tailnet IP) for egress, if any.
+    pub exit_node: Option<String>,
+    pub tags: Vec<String>,
+    pub accept_routes: bool,
+    /// An init container with restartPolicy Always (Kubernetes >= 1.29); false
+    /// appends a plain container for older clusters.
+    pub native_sidecar: bool,
+    pub http_proxy_port: u16,
+    pub socks5_port: u16,
+    /// Extra NO_PROXY entries: the cluster's pod and service CIDRs, internal domains.
+    pub no_proxy: Vec<String>,
+    pub cluster_domain: String,
+    /// Namespaces never injected (the webhook's own is added by `serve`).
+    pub excluded_namespaces: Vec<String>,
+    pub resources: k8s_openapi::api::core::v1::ResourceRequirements,
+    /// UID for the userspace sidecar (non-root).
+    pub run_as_user: i64,
+}
+
+impl Default for InjectionConfig {
+    fn default() -> Self {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let q = |s: &str| Quantity(s.to_owned());
+        InjectionConfig {
+            image: "tailscale/tailscale:v1.96.4".into(),
+            allowed_images: DEFAULT_IMAGES.iter().map(|s| (*s).to_owned()).collect(),
+            auth_secret: "tailscale-auth".into(),
+            auth_secret_key: "authkey".into(),
+            mode: "userspace".into(),
+            exit_node: None,
+            tags: Vec::new(),
+            accept_routes: false,
+            native_sidecar: true,
+            http_proxy_port: 1055,
+            socks5_port: 1080,
+            no_proxy: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            excluded_namespaces: vec!["kube-system".into()],
+            resources: k8s_openapi::api::core::v1::ResourceRequirements {
+                requests: Some([("cpu".to_owned(), q("10m")), ("memory".to_owned(), q("32Mi"))].into()),
+                limits: Some([("memory".to_owned(), q("128Mi"))].into()),
+                ..Default::default()
+            },
+            run_as_user: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +162,8 @@ impl Default for Config {
             images: DEFAULT_IMAGES.iter().map(|s| NamePattern::parse(s)).collect(),
             levels: RuleId::ALL.map(|r| r.default_level()),
             exemptions: Vec::new(),
+            allowed_sidecar_images: DEFAULT_IMAGES.iter().map(|s| NamePattern::parse(s)).collect(),
+            injection: InjectionConfig::default(),
         }
     }
 }
@@ -138,6 +206,14 @@ impl Config {
             let rule = rule_by_name(&name, "rules")?;
             config.levels[rule as usize] = level;
         }
+        config.allowed_sidecar_images = file
+            .injection
+            .allowed_images
+            .iter()
+            .map(|s| NamePattern::parse(s))
+            .collect();
+        config.injection = file.injection;
+        config.validate_injection()?;
         for e in file.exemptions {
             if e.namespace.is_empty() {
                 return Err(invalid("exemptions: namespace must not be empty"));
@@ -159,6 +235,40 @@ impl Config {
     pub fn is_tailscale_image(&self, image: &str) -> bool {
         let repo = image_repository(image);
         self.images.iter().any(|p| p.matches(repo))
+    }
+
+    /// Whether an injected sidecar may use `image` (an annotation can name only allowed repositories).
+    pub fn sidecar_image_allowed(&self, image: &str) -> bool {
+        let repo = image_repository(image);
+        self.allowed_sidecar_images.iter().any(|p| p.matches(repo))
+    }
+
+    fn validate_injection(&self) -> Result<(), ConfigError> {
+        let i = &self.injection;
+        let problem = if i.image.trim().is_empty() {
+            Some("injection.image must not be empty".to_owned())
+        } else if !matches!(i.mode.as_str(), "userspace" | "tun") {
+            Some(format!("injection.mode must be userspace or tun, not `{}`", i.mode))
+        } else if let Some(e) = i
+            .exit_node
+            .as_deref()
+            .filter(|e| e.parse::<std::net::IpAddr>().is_err())
+        {
+            Some(format!("injection.exitNode must be a tailnet IP address, not `{e}`"))
+        } else if let Some(t) = i.tags.iter().find(|t| !t.starts_with("tag:") || t.len() < 5) {
+            Some(format!("injection.tags: `{t}` is not a tag (tag:name)"))
+        } else if i.http_proxy_port == 0 || i.socks5_port == 0 || i.http_proxy_port == i.socks5_port {
+            Some("injection.httpProxyPort and socks5Port must be distinct non-zero ports".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => Err(ConfigError::Invalid {
+                location: None,
+                message,
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn level(&self, rule: RuleId) -> Level {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod expansion;
+pub mod inject;
 pub mod manifest;
 pub mod rules;
 pub mod server;

@@ -35,7 +35,7 @@ impl fmt::Display for ReadError {
 
 /// Splits a YAML stream into its documents' (start line, text). A document
 /// separator is `---` at the start of a line; `...` ends a document.
-fn split_documents(text: &str) -> Vec<(usize, String)> {
+pub fn split_documents(text: &str) -> Vec<(usize, String)> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut start = 1;

@@ -4,8 +4,8 @@
 //! read (findings for the rest are still printed).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::manifest::{self, Document, ReadError};
+
 use crate::rules::{self, Finding, NamespaceFacts, Severity};
 use crate::workload::Workload;
 
@@ -77,10 +78,12 @@ pub fn run(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (sources, mut errors) = super::read_inputs(&args.paths);
     let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    for path in &args.paths {
-        read_input(path, &mut docs, &mut errors);
+    for (source, text) in &sources {
+        let (d, e) = manifest::parse_stream(source, text);
+        docs.extend(d);
+        errors.extend(e);
     }
     let report = check_documents(&docs, errors, &config);
     let mut stdout = std::io::stdout().lock();
@@ -132,63 +135,6 @@ fn write_text(w: &mut impl Write, report: &Report) -> std::io::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Reads a file, a directory (recursively, sorted) or stdin (`-`).
-fn read_input(path: &Path, docs: &mut Vec<Document>, errors: &mut Vec<ReadError>) {
-    if path.as_os_str() == "-" {
-        let mut text = String::new();
-        match std::io::stdin().lock().read_to_string(&mut text) {
-            Ok(_) => push_stream("-", &text, docs, errors),
-            Err(e) => errors.push(io_error("-", &e)),
-        }
-        return;
-    }
-    let display = path.display().to_string();
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => {
-            let mut entries = match std::fs::read_dir(path) {
-                Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
-                Err(e) => return errors.push(io_error(&display, &e)),
-            };
-            entries.sort();
-            for entry in entries {
-                let is_manifest = entry
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-                if entry.is_dir() || is_manifest {
-                    read_input(&entry, docs, errors);
-                }
-            }
-        }
-        Ok(_) => match std::fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => push_stream(&display, &text, docs, errors),
-                Err(_) => errors.push(ReadError {
-                    source: display,
-                    line: None,
-                    message: "not UTF-8 text".into(),
-                }),
-            },
-            Err(e) => errors.push(io_error(&display, &e)),
-        },
-        Err(e) => errors.push(io_error(&display, &e)),
-    }
-}
-
-fn push_stream(source: &str, text: &str, docs: &mut Vec<Document>, errors: &mut Vec<ReadError>) {
-    let (d, e) = manifest::parse_stream(source, text);
-    docs.extend(d);
-    errors.extend(e);
-}
-
-fn io_error(source: &str, e: &std::io::Error) -> ReadError {
-    ReadError {
-        source: source.to_owned(),
-        line: None,
-        message: format!("cannot read: {e}"),
-    }
 }
 
 /// Runs the rules over manifest documents. Namespaces defined in the same

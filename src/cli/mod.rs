@@ -2,11 +2,17 @@
 
 use std::process::ExitCode;
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, Subcommand};
+
+use crate::manifest::ReadError;
 
 use crate::server::{self, ServeArgs};
 
 pub mod check;
+pub mod inject;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +31,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check manifests offline with the same rules as the webhook.
     Check(check::CheckArgs),
+    /// Inject the Tailscale egress sidecar into manifests offline, as the webhook would.
+    Inject(inject::InjectArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -47,6 +55,66 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Check(args) => check::run(args),
+        Command::Inject(args) => inject::run(args),
+    }
+}
+
+/// Reads manifest inputs: files, directories (recursively, sorted, *.yaml,
+/// *.yml, *.json) and stdin (`-`). Returns (source name, text) pairs and the
+/// inputs that could not be read.
+pub fn read_inputs(paths: &[PathBuf]) -> (Vec<(String, String)>, Vec<ReadError>) {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        read_input(path, &mut sources, &mut errors);
+    }
+    (sources, errors)
+}
+
+fn read_input(path: &Path, sources: &mut Vec<(String, String)>, errors: &mut Vec<ReadError>) {
+    let io_error = |source: &str, e: &std::io::Error| ReadError {
+        source: source.to_owned(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    };
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        match std::io::stdin().lock().read_to_string(&mut text) {
+            Ok(_) => sources.push(("-".to_owned(), text)),
+            Err(e) => errors.push(io_error("-", &e)),
+        }
+        return;
+    }
+    let display = path.display().to_string();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let mut entries = match std::fs::read_dir(path) {
+                Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
+                Err(e) => return errors.push(io_error(&display, &e)),
+            };
+            entries.sort();
+            for entry in entries {
+                let is_manifest = entry
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+                if entry.is_dir() || is_manifest {
+                    read_input(&entry, sources, errors);
+                }
+            }
+        }
+        Ok(_) => match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => sources.push((display, text)),
+                Err(_) => errors.push(ReadError {
+                    source: display,
+                    line: None,
+                    message: "not UTF-8 text".into(),
+                }),
+            },
+            Err(e) => errors.push(io_error(&display, &e)),
+        },
+        Err(e) => errors.push(io_error(&display, &e)),
     }
 }
 
