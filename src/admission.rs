@@ -189,7 +189,7 @@ fn review(body: &[u8], decide: impl FnOnce(&RequestIn<'_>) -> Verdict) -> Result
 }
 
 /// The workload in a request, if it is one tailguard reads (`Ok(None)` otherwise).
-fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Verdict> {
+fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Box<Verdict>> {
     // Only creates and updates of the object itself carry a pod spec to judge.
     let judged = matches!(request.operation, Operation::Create | Operation::Update)
         && request.sub_resource.as_deref().is_none_or(str::is_empty)
@@ -223,7 +223,7 @@ fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Verdict> {
             );
             v.allowed = false;
             v.unreadable = Some(format!("tailguard could not read this {kind}: {e}"));
-            Err(v)
+            Err(Box::new(v))
         }
     }
 }
@@ -239,7 +239,7 @@ fn decide_validate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Na
     let workload = match workload_of(request) {
         Ok(Some(w)) => w,
         Ok(None) => return Verdict::allow(&request.uid, None),
-        Err(v) => return v,
+        Err(v) => return *v,
     };
     let mut verdict = Verdict::allow(&request.uid, Some(workload.reference()));
     // Never block an object on its way out (finalizers being removed).
@@ -259,7 +259,7 @@ fn decide_mutate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Name
     let workload = match workload_of(request) {
         Ok(Some(w)) => w,
         Ok(None) => return Verdict::allow(&request.uid, None),
-        Err(v) => return v,
+        Err(v) => return *v,
     };
     let mut verdict = Verdict::allow(&request.uid, Some(workload.reference()));
     match inject::decide(&workload, &facts_for(&workload, namespaces), config, OptIn::Webhook) {

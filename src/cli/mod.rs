@@ -11,6 +11,7 @@ use crate::manifest::ReadError;
 
 use crate::server::{self, ServeArgs};
 
+pub mod certs;
 pub mod check;
 pub mod inject;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Inject the Tailscale egress sidecar into manifests offline, as the webhook would.
     Inject(inject::InjectArgs),
+    /// Write a CA and a serving certificate (development, or the chart's `secret` mode).
+    Certs(certs::CertsArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Check(args) => check::run(args),
         Command::Inject(args) => inject::run(args),
+        Command::Certs(args) => certs::run(args),
     }
 }
 

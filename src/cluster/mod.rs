@@ -1,0 +1,25 @@
+//! Cluster adapters: a kube client and the namespace cache the rules read.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+pub mod namespaces;
+
+/// A kube client from `kubeconfig`, or, without one, from the usual inference
+/// (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no cluster configuration found (KUBECONFIG, ~/.kube/config or in-cluster)")?,
+    };
+    kube::Client::try_from(config).context("cannot create a Kubernetes client")
+}
