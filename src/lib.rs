@@ -11,6 +11,7 @@ pub mod config;
 pub mod expansion;
 pub mod inject;
 pub mod manifest;
+pub mod policy;
 pub mod rules;
 pub mod server;
 pub mod tailscale;

@@ -14,6 +14,7 @@ use crate::server::{self, ServeArgs};
 pub mod certs;
 pub mod check;
 pub mod inject;
+pub mod policy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +37,9 @@ pub enum Command {
     Inject(inject::InjectArgs),
     /// Write a CA and a serving certificate (development, or the chart's `secret` mode).
     Certs(certs::CertsArgs),
+    /// The CEL fallback policy for when the webhook is unavailable.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -60,6 +64,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Inject(args) => inject::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Policy(command) => policy::run(command),
     }
 }
 
