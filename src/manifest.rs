@@ -70,13 +70,73 @@ pub fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
+/// Kubernetes reads manifests as YAML 1.1 (sigs.k8s.io/yaml); the parser here
+/// is YAML 1.2. Where that changes a value's type in a typed field, convert it
+/// back: `defaultMode: 0440` is octal 288, `hostNetwork: yes` is true.
+const OCTAL_FIELDS: &[&str] = &["defaultMode", "mode"];
+const BOOL_FIELDS: &[&str] = &[
+    "allowPrivilegeEscalation",
+    "automountServiceAccountToken",
+    "enableServiceLinks",
+    "hostIPC",
+    "hostNetwork",
+    "hostPID",
+    "hostUsers",
+    "optional",
+    "privileged",
+    "readOnly",
+    "readOnlyRootFilesystem",
+    "runAsNonRoot",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "stdin",
+    "stdinOnce",
+    "tty",
+];
+
+fn yaml11_fixups(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if let Value::String(s) = v {
+                    if OCTAL_FIELDS.contains(&key.as_str())
+                        && s.len() > 1
+                        && s.starts_with('0')
+                        && s.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                        && let Ok(n) = i64::from_str_radix(s, 8)
+                    {
+                        *v = Value::from(n);
+                    } else if BOOL_FIELDS.contains(&key.as_str()) {
+                        match s.as_str() {
+                            "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => *v = Value::Bool(true),
+                            "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => *v = Value::Bool(false),
+                            _ => {}
+                        }
+                    }
+                } else {
+                    yaml11_fixups(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(yaml11_fixups),
+        _ => {}
+    }
+}
+
+/// Parses one YAML document as Kubernetes would read it.
+pub fn parse_document(text: &str) -> Result<Value, serde_yaml::Error> {
+    let mut value: Value = serde_yaml::from_str(text)?;
+    yaml11_fixups(&mut value);
+    Ok(value)
+}
+
 /// Parses a manifest stream. Returns the objects read and the errors met;
 /// one broken document does not hide the others.
 pub fn parse_stream(source: &str, text: &str) -> (Vec<Document>, Vec<ReadError>) {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
     for (start, chunk) in split_documents(text) {
-        match serde_yaml::from_str::<Value>(&chunk) {
+        match parse_document(&chunk) {
             Ok(Value::Null) => {}
             Ok(value) => flatten(source, start, value, &mut docs, &mut errors),
             Err(e) => errors.push(ReadError {
@@ -147,6 +207,20 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(errors[0].line, Some(7), "{}", errors[0]);
         assert_eq!(errors[1].line, Some(9), "{}", errors[1]);
+    }
+
+    #[test]
+    fn reads_yaml_1_1_octal_modes_and_booleans_as_kubernetes_does() {
+        let text = "kind: Pod\nspec:\n  hostNetwork: yes\n  volumes:\n  - secret: {defaultMode: 0440}\n  containers:\n  - env: [{name: A, value: 'yes'}]\n";
+        let (docs, errors) = parse_stream("f", text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let spec = &docs[0].object["spec"];
+        assert_eq!(spec["hostNetwork"], true);
+        assert_eq!(spec["volumes"][0]["secret"]["defaultMode"], 288);
+        assert_eq!(
+            spec["containers"][0]["env"][0]["value"], "yes",
+            "string fields stay strings"
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ const MODES: &[(&str, &[&str])] = &[
     ("secret", SECRET_SETS),
     ("url", &["webhook.url=https://10.1.2.3:8443"]),
     ("url-secret", URL_SECRET_SETS),
+    ("vap-fallback", &["vapFallback.enabled=true"]),
 ];
 
 // --- running helm ---
@@ -765,7 +766,7 @@ fn schema_rejects_bad_values() {
         ),
         (&["webhook.url=http://10.1.2.3:8443"], "/webhook/url"),
         (&["replicaCount=0"], "/replicaCount"),
-        (&["vapFallback.enabled=true"], "/vapFallback/enabled"),
+        (&["vapFallback.enabled=yes"], "/vapFallback/enabled"),
         (&["unknownKey=1"], "unknownKey"),
         (&["webhook.failurePolicy=Fail"], "failurePolicy"),
         (&["config.rules.no-such-rule=deny"], "no-such-rule"),
@@ -939,4 +940,28 @@ fn check_stdin(input: &str) -> Output {
         .write_all(input.as_bytes())
         .expect("write stdin");
     child.wait_with_output().expect("wait for tailguard check")
+}
+
+/// The chart's fallback policy is exactly `tailguard policy export`, named per release.
+#[test]
+fn fallback_policy_matches_policy_export() {
+    let file = std::fs::read_to_string(format!("{CHART}/files/fallback-policy.yaml")).expect("fallback-policy.yaml");
+    let exported = tailguard::policy::fallback_policy_yaml("tailguard-fallback").expect("export");
+    assert_eq!(
+        file, exported,
+        "charts/tailguard/files/fallback-policy.yaml is stale: regenerate it with `tailguard policy export -o charts/tailguard/files/fallback-policy.yaml`"
+    );
+    let Some(helm) = Helm::new("fallback_policy_matches_policy_export") else {
+        return;
+    };
+    let off = helm.objects(&[]);
+    assert!(!off.has("ValidatingAdmissionPolicy"), "the fallback is opt-in");
+    let on = helm.objects(&["vapFallback.enabled=true"]);
+    let name = format!("{FULLNAME}-fallback");
+    let policy = on.one("ValidatingAdmissionPolicy", Some(&name));
+    let binding = on.one("ValidatingAdmissionPolicyBinding", Some(&name));
+    assert_eq!(binding["spec"]["policyName"], name.as_str());
+    let mut expected = tailguard::policy::fallback_policy("tailguard-fallback");
+    expected[0]["metadata"]["name"] = Value::String(name.clone());
+    assert_eq!(policy["spec"], expected[0]["spec"]);
 }

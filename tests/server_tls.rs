@@ -836,39 +836,3 @@ async fn in_process_server_binds_port_zero_and_stops() {
     assert!(result.is_ok(), "{result:?}");
     assert!(conn.is_closed() || eventually(Duration::from_secs(1), || conn.is_closed()).await);
 }
-
-/// Sequential review latency over one HTTP/2 and one HTTP/1.1 connection.
-/// Run with `cargo test --release --test server_tls -- --ignored --nocapture latency`.
-#[tokio::test]
-#[ignore = "measurement, not a check"]
-async fn latency_of_sequential_reviews() {
-    let dir = TempDir::new("latency");
-    let pki = Pki::new("latency CA");
-    let server = serve_pki(&pki, &dir, &[]);
-    let review = hyper::body::Bytes::from(tailscale_daemonset_review("l-1"));
-    for proto in [Proto::Http2, Proto::Http1] {
-        let mut conn = Https::connect(server.addr, &pki.ca.cert_pem, proto)
-            .await
-            .expect("connect");
-        let mut samples = Vec::with_capacity(3000);
-        for i in 0..3500 {
-            let started = Instant::now();
-            let reply = conn.post_json("/validate", review.clone()).await;
-            if i >= 500 {
-                samples.push(started.elapsed());
-            }
-            assert_eq!(reply.status, 200);
-        }
-        samples.sort();
-        let pct = |p: usize| samples[samples.len() * p / 100];
-        eprintln!(
-            "{proto:?}: {} reviews of {} bytes, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
-            samples.len(),
-            review.len(),
-            pct(50),
-            pct(90),
-            pct(99),
-            samples[samples.len() - 1]
-        );
-    }
-}

@@ -113,7 +113,7 @@ pub fn inject_stream(
     let chunks = split_documents(text);
     let mut parsed: Vec<(usize, String, Option<Value>)> = Vec::new();
     for (line, chunk) in chunks {
-        match serde_yaml::from_str::<Value>(&chunk) {
+        match crate::manifest::parse_document(&chunk) {
             Ok(v) => parsed.push((line, chunk, Some(v))),
             Err(e) => {
                 result.errors.push(format!("{source}:{line}: invalid YAML: {e}"));
