@@ -117,6 +117,9 @@ struct RequestIn<'a> {
     sub_resource: Option<String>,
     #[serde(borrow, default)]
     object: Option<&'a RawValue>,
+    /// Read only on UPDATE, to tell new violations from ones already there.
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -197,22 +200,7 @@ fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Box<Verdict>
     let (Some(kind), Some(object), true) = (WorkloadKind::from_kind(&request.kind.kind), request.object, judged) else {
         return Ok(None);
     };
-    let parsed = serde_json::from_str::<ObjectIn<'_>>(object.get())
-        .map_err(|e| e.to_string())
-        .and_then(|o| {
-            let mut meta = o.metadata.unwrap_or_default();
-            // On create the object may not carry its namespace yet; the request does.
-            if meta.namespace.as_deref().is_none_or(str::is_empty) {
-                meta.namespace.clone_from(&request.namespace);
-            }
-            if meta.name.as_deref().is_none_or(str::is_empty) {
-                meta.name.clone_from(&request.name);
-            }
-            let spec = o.spec.ok_or_else(|| format!("{kind} has no spec"))?;
-            let mut de = serde_json::Deserializer::from_str(spec.get());
-            Workload::decode(kind, meta, &mut de).map_err(|e| e.to_string())
-        });
-    match parsed {
+    match decode_object(kind, object, request) {
         Ok(w) => Ok(Some(w)),
         // The apiserver has already validated the object, so this is tailguard's
         // own limit; refuse rather than let an unread object through unchecked.
@@ -226,6 +214,21 @@ fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Box<Verdict>
             Err(Box::new(v))
         }
     }
+}
+
+fn decode_object(kind: WorkloadKind, object: &RawValue, request: &RequestIn<'_>) -> Result<Workload, String> {
+    let o = serde_json::from_str::<ObjectIn<'_>>(object.get()).map_err(|e| e.to_string())?;
+    let mut meta = o.metadata.unwrap_or_default();
+    // On create the object may not carry its namespace yet; the request does.
+    if meta.namespace.as_deref().is_none_or(str::is_empty) {
+        meta.namespace.clone_from(&request.namespace);
+    }
+    if meta.name.as_deref().is_none_or(str::is_empty) {
+        meta.name.clone_from(&request.name);
+    }
+    let spec = o.spec.ok_or_else(|| format!("{kind} has no spec"))?;
+    let mut de = serde_json::Deserializer::from_str(spec.get());
+    Workload::decode(kind, meta, &mut de).map_err(|e| e.to_string())
 }
 
 fn facts_for(workload: &Workload, namespaces: &dyn NamespaceSource) -> NamespaceFacts {
@@ -246,9 +249,41 @@ fn decide_validate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Na
     if workload.meta.deletion_timestamp.is_some() {
         return verdict;
     }
-    verdict.findings = rules::evaluate(&workload, config, &facts_for(&workload, namespaces));
+    let facts = facts_for(&workload, namespaces);
+    verdict.findings = rules::evaluate(&workload, config, &facts);
+    if request.operation == Operation::Update && verdict.findings.iter().any(|f| f.severity == Severity::Deny) {
+        keep_existing_violations(request, &workload, config, &facts, &mut verdict.findings);
+    }
     verdict.allowed = !verdict.findings.iter().any(|f| f.severity == Severity::Deny);
     verdict
+}
+
+/// On UPDATE, a violation the old object already had does not block the update
+/// (so a workload admitted before a rule existed can still be scaled, labelled
+/// or fixed step by step); it is returned as a warning. Only new ones deny.
+fn keep_existing_violations(
+    request: &RequestIn<'_>,
+    workload: &Workload,
+    config: &Config,
+    facts: &NamespaceFacts,
+    findings: &mut [Finding],
+) {
+    let Some(old) = request
+        .old_object
+        .and_then(|raw| decode_object(workload.kind, raw, request).ok())
+    else {
+        return;
+    };
+    let before = rules::evaluate(&old, config, facts);
+    for f in findings.iter_mut().filter(|f| f.severity == Severity::Deny) {
+        if before
+            .iter()
+            .any(|b| b.rule == f.rule && b.path == f.path && b.severity == Severity::Deny)
+        {
+            f.severity = Severity::Warn;
+            f.message = format!("(already present before this update, so not blocking it) {}", f.message);
+        }
+    }
 }
 
 fn decide_mutate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {

@@ -214,3 +214,46 @@ fn namespace_facts_drive_pod_security_and_skip_rules() {
         "without namespace facts the namespace rule is skipped, not guessed"
     );
 }
+
+fn update_review(old: Value, new: Value) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&review("UPDATE", new)).expect("json");
+    body["request"]["oldObject"] = old;
+    serde_json::to_vec(&body).expect("json")
+}
+
+#[test]
+fn an_update_is_refused_only_for_violations_it_introduces() {
+    let config = Config::default();
+    let good = fixture_object("incident/05-final.yaml");
+    let broken = fixture_object("incident/02-hostname-flag-removed.yaml");
+    // Introducing a violation: refused.
+    let out = validate(&update_review(good.clone(), broken.clone()), &config, &NoCluster).expect("reviewed");
+    assert!(!out.verdict.allowed);
+    // Already broken before (e.g. admitted before tailguard or a new rule): the update
+    // (a scale, a label, a partial fix) goes through, with the violation as a warning.
+    let mut relabelled = broken.clone();
+    relabelled["metadata"]["labels"] = json!({"team": "net"});
+    let out = validate(&update_review(broken.clone(), relabelled), &config, &NoCluster).expect("reviewed");
+    assert!(out.verdict.allowed, "{:?}", out.verdict.findings);
+    let r = response(&out.body);
+    let warnings = r["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.contains("[exit-node-hostname]") && w.contains("already present"))),
+        "{warnings:?}"
+    );
+    // A new violation next to an old one is still refused.
+    let mut worse = broken.clone();
+    worse["spec"]["template"]["spec"]["containers"][0]["image"] = json!("tailscale/tailscale:latest");
+    worse["spec"]["template"]["spec"]["containers"][0]["env"][0] =
+        json!({"name": "TS_AUTHKEY", "value": "tskey-auth-x"});
+    let out = validate(&update_review(broken, worse), &config, &NoCluster).expect("reviewed");
+    assert!(!out.verdict.allowed);
+    assert!(
+        out.verdict
+            .findings
+            .iter()
+            .any(|f| f.rule.name() == "literal-auth-key" && f.severity == tailguard::rules::Severity::Deny)
+    );
+}

@@ -15,7 +15,7 @@ use crate::tailscale::{DEFAULT_HEALTH_PORT, EnvValue, TailscaleContainer};
 const HEALTHZ_FORM: &str = "set TS_ENABLE_HEALTH_CHECK=\"true\" and probe it with httpGet {path: /healthz, port: 9002}";
 
 /// Shell syntax that only a shell understands.
-const SHELL_SYNTAX: &[&str] = &["|", "&&", "||", ";", ">", "<", "`", "$(", "*"];
+const SHELL_SYNTAX: &[&str] = &["|", "&&", "||", ";", ">", "<", "`", "$("];
 
 /// Tools the official image (Alpine with busybox) does not ship.
 const MISSING_TOOLS: &[&str] = &["bash", "curl", "jq", "python", "python3", "dig", "kubectl"];
