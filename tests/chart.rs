@@ -3,10 +3,10 @@
 //! schema, and the policy file as the server reads it. Runs the real `helm` (HELM_BIN) and
 //! `kubernetes-validate` (KUBERNETES_VALIDATE_BIN); see tests/tools/mod.rs.
 
+mod support;
 mod tools;
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -926,20 +926,7 @@ fn notes_smoke_test_daemonset_is_denied() {
 }
 
 fn check_stdin(input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tailguard"))
-        .args(["check", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tailguard check");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait for tailguard check")
+    support::run_cli(&["check", "-"], Some(input))
 }
 
 /// The chart's fallback policy is exactly `tailguard policy export`, named per release.

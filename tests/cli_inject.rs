@@ -1,31 +1,17 @@
 //! `tailguard inject` as a user runs it: the real binary on files and stdin.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod support;
+
+use std::process::Output;
 
 fn case(name: &str) -> String {
     format!("{}/tests/inject/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn inject(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tailguard"))
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tailguard");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("wait")
+    let mut all = vec!["inject"];
+    all.extend_from_slice(args);
+    support::run_cli(&all, stdin)
 }
 
 #[test]

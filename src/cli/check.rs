@@ -71,12 +71,8 @@ impl Report {
 }
 
 pub fn run(args: CheckArgs) -> ExitCode {
-    let config = match args.config.as_deref().map(Config::load).transpose() {
-        Ok(c) => c.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("tailguard check: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(config) = super::load_config(args.config.as_deref(), "check") else {
+        return ExitCode::from(2);
     };
     let (sources, mut errors) = super::read_inputs(&args.paths);
     let mut docs = Vec::new();

@@ -49,12 +49,8 @@ pub struct Injected {
 }
 
 pub fn run(args: InjectArgs) -> ExitCode {
-    let config = match args.config.as_deref().map(Config::load).transpose() {
-        Ok(c) => c.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("tailguard inject: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(config) = super::load_config(args.config.as_deref(), "inject") else {
+        return ExitCode::from(2);
     };
     let mut annotations = BTreeMap::new();
     for pair in &args.namespace_annotations {

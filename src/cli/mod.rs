@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Config;
 use crate::manifest::ReadError;
 
 use crate::server::{self, ServeArgs};
@@ -65,6 +66,17 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Inject(args) => inject::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Policy(command) => policy::run(command),
+    }
+}
+
+/// Loads `--config` (or the defaults); `None` after printing why it cannot.
+pub fn load_config(path: Option<&Path>, command: &str) -> Option<Config> {
+    match path.map(Config::load).transpose() {
+        Ok(c) => Some(c.unwrap_or_default()),
+        Err(e) => {
+            eprintln!("tailguard {command}: {e}");
+            None
+        }
     }
 }
 

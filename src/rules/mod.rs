@@ -203,9 +203,7 @@ impl Findings<'_> {
         message: impl Into<String>,
         hint: impl Into<String>,
     ) {
-        if let Some(severity) = self.severity(rule) {
-            self.push(rule, severity, path.into(), message.into(), hint.into());
-        }
+        self.record(rule, false, path.into(), message.into(), hint.into());
     }
 
     /// Records a finding that depends on something the manifest cannot show
@@ -217,15 +215,17 @@ impl Findings<'_> {
         message: impl Into<String>,
         hint: impl Into<String>,
     ) {
-        if let Some(severity) = self.severity(rule) {
-            self.push(
-                rule,
-                severity.max(Severity::Warn),
-                path.into(),
-                message.into(),
-                hint.into(),
-            );
+        self.record(rule, true, path.into(), message.into(), hint.into());
+    }
+
+    fn record(&mut self, rule: RuleId, uncertain: bool, path: String, message: String, hint: String) {
+        let Some(mut severity) = self.severity(rule) else {
+            return;
+        };
+        if uncertain {
+            severity = severity.max(Severity::Warn);
         }
+        self.push(rule, severity, path, message, hint);
     }
 
     fn push(&mut self, rule: RuleId, severity: Severity, path: String, message: String, hint: String) {

@@ -224,6 +224,24 @@ impl Drop for Serve {
     }
 }
 
+/// Runs `tailguard ARGS` with `stdin` written to it (or closed), as a CLI user would.
+pub fn run_cli(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tailguard");
+    if let Some(input) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait for tailguard")
+}
+
 /// Runs `tailguard ARGS` to completion (killed after `timeout`): (status, stdout, stderr).
 pub fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String, String) {
     let mut child = Command::new(BIN)
