@@ -1,9 +1,11 @@
-//! Cluster adapters: a kube client and the namespace cache the rules read.
+//! Cluster adapters: a kube client, the namespace cache the rules read, and
+//! the self-managed certificate Secret.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 
+pub mod certs;
 pub mod namespaces;
 
 /// A kube client from `kubeconfig`, or, without one, from the usual inference

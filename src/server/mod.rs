@@ -3,7 +3,9 @@
 //!
 //! The request path only moves bytes: TLS, HTTP, then `admission::validate`
 //! on the body as received. Certificates are reloaded from disk when they
-//! change; shutdown drains in-flight reviews and closes idle connections.
+//! change, or, with `--cert-secret`, kept in a Secret shared by the replicas
+//! and swapped in when it changes (`cluster::certs`); shutdown drains
+//! in-flight reviews and closes idle connections.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,8 +27,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{NamespaceSource, NoCluster};
-use crate::certs::{self, DevCerts, DevCertsOutcome};
-use crate::cluster::{self, namespaces::NamespaceCache};
+use crate::certs::{self, DevCerts, DevCertsOutcome, SecretCerts};
+use crate::cluster::{self, certs::SelfCerts, namespaces::NamespaceCache};
 use crate::config::Config;
 
 pub mod health;
@@ -54,7 +56,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "tls_key",
         conflicts_with = "dev",
-        required_unless_present = "dev"
+        required_unless_present_any = ["dev", "cert_secret"]
     )]
     pub tls_cert: Option<PathBuf>,
 
@@ -73,7 +75,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TAILGUARD_DEV")]
     pub dev: bool,
 
-    /// Where --dev keeps ca.crt, ca.key, tls.crt and tls.key.
+    /// Where --dev keeps ca.crt, ca.key, tls.crt and tls.key; with --cert-secret, where the
+    /// certificates from the Secret are written (ca.crt, tls.crt, tls.key) and served from.
     #[arg(long, env = "TAILGUARD_CERTS_DIR", value_name = "DIR", default_value = "certs")]
     pub certs_dir: PathBuf,
 
@@ -94,9 +97,52 @@ pub struct ServeArgs {
     #[arg(long, env = "TAILGUARD_KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Self-managed certificates (boxed: keeps the `Command` enum small).
+    #[command(flatten)]
+    pub self_certs: Box<SelfCertArgs>,
+
     /// Limits and timeouts (boxed: keeps the `Command` enum small).
     #[command(flatten)]
     pub limits: Box<ServeLimits>,
+}
+
+/// Flags of `tailguard serve --cert-secret` (the chart's `certificates.mode: self`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Self-managed certificates")]
+pub struct SelfCertArgs {
+    /// Manage the certificates in this Secret (type kubernetes.io/tls: tls.crt, tls.key, ca.crt,
+    /// ca.key): created with a new CA if absent, shared by every replica, renewed before expiry.
+    /// Needs cluster access (implies --cluster).
+    #[arg(
+        long,
+        env = "TAILGUARD_CERT_SECRET",
+        value_name = "NAME",
+        conflicts_with_all = ["dev", "tls_cert", "tls_key"]
+    )]
+    pub cert_secret: Option<String>,
+
+    /// Namespace of the --cert-secret Secret (in a pod: POD_NAMESPACE from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NS")]
+    pub cert_namespace: Option<String>,
+
+    /// DNS name (or IP address) of the serving certificate (repeatable; at least one with
+    /// --cert-secret), e.g. the Service's `<svc>`, `<svc>.<ns>`, `<svc>.<ns>.svc`.
+    #[arg(long = "cert-dns", value_name = "NAME", requires = "cert_secret", conflicts_with_all = ["dev", "tls_cert"])]
+    pub cert_dns: Vec<String>,
+
+    /// Validating/MutatingWebhookConfiguration whose webhooks get the CA as caBundle (repeatable;
+    /// both kinds are tried by name; a missing one is retried).
+    #[arg(
+        long = "ca-bundle-webhook",
+        value_name = "NAME",
+        requires = "cert_secret",
+        conflicts_with_all = ["dev", "tls_cert"]
+    )]
+    pub ca_bundle_webhooks: Vec<String>,
+
+    /// How often the Secret (renewal, rotation by another replica) and the caBundles are checked.
+    #[arg(long, env = "TAILGUARD_CERT_CHECK_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub cert_check_interval: Duration,
 }
 
 /// Limits and timeouts of `tailguard serve`.
@@ -174,9 +220,18 @@ pub struct Server {
     state: http::AppState,
     health: Arc<health::Health>,
     cert_files: tls::CertFiles,
-    cert_fingerprint: tls::Fingerprint,
+    /// The files as loaded at start, watched for changes (not with --cert-secret).
+    cert_fingerprint: Option<tls::Fingerprint>,
     dev: Option<DevCerts>,
+    self_certs: Option<SelfCertsTask>,
     limits: Limits,
+}
+
+/// What `serve()` needs to run the self-managed certificate loop.
+struct SelfCertsTask {
+    client: kube::Client,
+    config: SelfCerts,
+    dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -193,12 +248,30 @@ impl Server {
     /// Loads the policy and the certificate (generating dev certificates with
     /// `--dev`), connects the namespace cache if asked, and binds both
     /// listeners (TLS first). Fails if the certificate files are missing or invalid.
+    ///
+    /// With `--cert-secret` no certificate is loaded here: `serve()` fetches it
+    /// from the Secret in the background and readiness fails until it is in place.
     pub async fn bind(args: ServeArgs) -> anyhow::Result<Server> {
         let config = match &args.config {
             Some(path) => Config::load(path).with_context(|| format!("cannot load policy {}", path.display()))?,
             None => Config::default(),
         };
-        let (cert_files, dev) = if args.dev {
+        let metrics = Arc::new(Metrics::new(
+            &http::ENDPOINTS.iter().map(|e| e.name).collect::<Vec<_>>(),
+        ));
+        let self_config = match &args.self_certs.cert_secret {
+            Some(secret) => Some(self_certs_config(&args, secret)?),
+            None => None,
+        };
+        let (cert_files, dev) = if self_config.is_some() {
+            std::fs::create_dir_all(&args.certs_dir)
+                .with_context(|| format!("cannot create the certificate directory {}", args.certs_dir.display()))?;
+            let files = tls::CertFiles {
+                cert: args.certs_dir.join(certs::TLS_CERT_FILE),
+                key: args.certs_dir.join(certs::TLS_KEY_FILE),
+            };
+            (files, None)
+        } else if args.dev {
             let (dir, sans) = (args.certs_dir.clone(), args.dev_sans.clone());
             let dev = tokio::task::spawn_blocking(move || certs::ensure_dev_certs(&dir, &sans))
                 .await
@@ -237,31 +310,41 @@ impl Server {
                     None,
                 ),
                 _ => anyhow::bail!(
-                    "--tls-cert and --tls-key are required (or --dev for generated development certificates)"
+                    "--tls-cert and --tls-key are required (or --cert-secret for self-managed certificates, \
+                     or --dev for generated development certificates)"
                 ),
             }
         };
-        let loaded = cert_files.load().context("cannot load the serving certificate")?;
-        let metrics = Arc::new(Metrics::new(
-            &http::ENDPOINTS.iter().map(|e| e.name).collect::<Vec<_>>(),
-        ));
-        if let Some(not_after) = loaded.not_after {
-            metrics.set_tls_cert_not_after(certs::unix_seconds(not_after));
-            if not_after <= SystemTime::now() {
-                tracing::warn!(cert = %cert_files.cert.display(), "the serving certificate has expired");
-            } else if not_after <= SystemTime::now() + certs::MIN_REMAINING_VALIDITY {
-                tracing::warn!(cert = %cert_files.cert.display(), "the serving certificate expires within 24 hours");
+        let (resolver, cert_fingerprint) = if self_config.is_some() {
+            (Arc::new(tls::CertResolver::empty()), None)
+        } else {
+            let loaded = cert_files.load().context("cannot load the serving certificate")?;
+            if let Some(not_after) = loaded.not_after {
+                metrics.set_tls_cert_not_after(certs::unix_seconds(not_after));
+                if not_after <= SystemTime::now() {
+                    tracing::warn!(cert = %cert_files.cert.display(), "the serving certificate has expired");
+                } else if not_after <= SystemTime::now() + certs::MIN_REMAINING_VALIDITY {
+                    tracing::warn!(cert = %cert_files.cert.display(), "the serving certificate expires within 24 hours");
+                }
             }
-        }
-        let cert_fingerprint = loaded.fingerprint;
-        let resolver = Arc::new(tls::CertResolver::new(loaded.key));
+            let fingerprint = loaded.fingerprint;
+            (Arc::new(tls::CertResolver::new(loaded.key)), Some(fingerprint))
+        };
         let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
 
-        let cache = if args.cluster || args.kubeconfig.is_some() {
-            let client = cluster::client(args.kubeconfig.as_deref()).await?;
-            Some(Arc::new(NamespaceCache::start(client)))
+        let client = if args.cluster || args.kubeconfig.is_some() || self_config.is_some() {
+            Some(cluster::client(args.kubeconfig.as_deref()).await?)
         } else {
             None
+        };
+        let cache = client.clone().map(|client| Arc::new(NamespaceCache::start(client)));
+        let self_certs = match (self_config, client) {
+            (Some(config), Some(client)) => Some(SelfCertsTask {
+                client,
+                config,
+                dir: args.certs_dir.clone(),
+            }),
+            _ => None,
         };
         let namespaces: Arc<dyn NamespaceSource + Send + Sync> = match &cache {
             Some(cache) => cache.clone(),
@@ -304,6 +387,7 @@ impl Server {
             cert_files,
             cert_fingerprint,
             dev,
+            self_certs,
             limits: Limits {
                 handshake_timeout: args.limits.handshake_timeout,
                 header_read_timeout: args.limits.header_read_timeout,
@@ -347,6 +431,7 @@ impl Server {
             cert_files,
             cert_fingerprint,
             dev,
+            self_certs,
             limits,
         } = self;
         let addr = tls_listener.local_addr()?;
@@ -355,18 +440,26 @@ impl Server {
             %addr,
             %health_addr,
             dev = dev.is_some(),
+            cert_secret = self_certs.as_ref().map(|t| format!("{}/{}", t.config.namespace, t.config.secret)),
             cluster = health.namespaces.is_some(),
             endpoints = http::ENDPOINTS.iter().map(|e| e.path).collect::<Vec<_>>().join(","),
             "listening"
         );
 
-        let reloader = tokio::spawn(tls::watch(
-            cert_files,
-            cert_fingerprint,
-            health.resolver.clone(),
-            state.metrics.clone(),
-            limits.cert_poll_interval,
-        ));
+        let reloader = match (cert_fingerprint, self_certs) {
+            (Some(fingerprint), _) => tokio::spawn(tls::watch(
+                cert_files,
+                fingerprint,
+                health.resolver.clone(),
+                state.metrics.clone(),
+                limits.cert_poll_interval,
+            )),
+            (None, Some(task)) => {
+                let install = installer(task.dir, cert_files, health.resolver.clone(), state.metrics.clone());
+                tokio::spawn(cluster::certs::run(task.client, task.config, install))
+            }
+            (None, None) => tokio::spawn(async {}),
+        };
         let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
         let health_router = health::router(health.clone());
         let health_server = tokio::spawn(async move {
@@ -394,6 +487,71 @@ impl Server {
             health_server.abort();
         }
         tracing::info!("shut down");
+        Ok(())
+    }
+}
+
+/// Checks the `--cert-secret` flags: a namespace, at least one valid name.
+fn self_certs_config(args: &ServeArgs, secret: &str) -> anyhow::Result<SelfCerts> {
+    let flags = &args.self_certs;
+    let namespace = flags
+        .cert_namespace
+        .clone()
+        .filter(|ns| !ns.trim().is_empty())
+        .with_context(|| {
+            format!(
+                "--cert-secret {secret}: the Secret's namespace is unknown: pass --cert-namespace NS or set \
+                 POD_NAMESPACE (in a pod, from the downward API: fieldRef metadata.namespace)"
+            )
+        })?;
+    if flags.cert_dns.is_empty() {
+        anyhow::bail!(
+            "--cert-secret {secret}: at least one --cert-dns NAME is required (the Service's DNS names, \
+             e.g. tailguard, tailguard.{namespace}, tailguard.{namespace}.svc)"
+        );
+    }
+    for name in &flags.cert_dns {
+        certs::check_name(name).with_context(|| format!("--cert-dns {name}"))?;
+    }
+    Ok(SelfCerts {
+        namespace,
+        secret: secret.to_string(),
+        names: flags.cert_dns.clone(),
+        webhooks: flags.ca_bundle_webhooks.clone(),
+        interval: flags.cert_check_interval.max(Duration::from_millis(100)),
+    })
+}
+
+/// With `--cert-secret`: writes the Secret's certificates into `dir` (only
+/// files whose content changed) and serves them from there.
+fn installer(
+    dir: PathBuf,
+    files: tls::CertFiles,
+    resolver: Arc<tls::CertResolver>,
+    metrics: Arc<Metrics>,
+) -> impl FnMut(&SecretCerts) -> anyhow::Result<()> + Send {
+    move |secret: &SecretCerts| {
+        for (name, contents, private) in [
+            (certs::CA_CERT_FILE, &secret.ca.cert_pem, false),
+            (certs::TLS_KEY_FILE, &secret.serving.key_pem, true),
+            (certs::TLS_CERT_FILE, &secret.serving.cert_pem, false),
+        ] {
+            let path = dir.join(name);
+            if std::fs::read_to_string(&path).ok().as_ref() != Some(contents) {
+                certs::write_pem(&path, contents, private)?;
+            }
+        }
+        let loaded = files
+            .load()
+            .context("cannot load the certificate written from the Secret")?;
+        let not_after = loaded.not_after.map(certs::unix_seconds);
+        if resolver.install(loaded, &metrics) {
+            tracing::info!(
+                cert = %files.cert.display(),
+                not_after,
+                "serving the certificate from the Secret"
+            );
+        }
         Ok(())
     }
 }
@@ -660,5 +818,49 @@ mod tests {
         assert_eq!(args.limits.shutdown_grace, Duration::from_secs(15));
         assert!(ServeArgs::try_parse_from(["--dev", "--tls-cert", "a", "--tls-key", "b"]).is_err());
         assert!(ServeArgs::try_parse_from(["--tls-cert", "a"]).is_err());
+    }
+
+    #[test]
+    fn self_cert_flags() {
+        let args = ServeArgs::try_parse_from([
+            "--cert-secret",
+            "tg-certs",
+            "--cert-namespace",
+            "tailguard",
+            "--cert-dns",
+            "tailguard",
+            "--cert-dns",
+            "tailguard.tailguard.svc",
+            "--ca-bundle-webhook",
+            "tailguard",
+            "--ca-bundle-webhook",
+            "tailguard-mutating",
+        ])
+        .unwrap();
+        let config = self_certs_config(&args, "tg-certs").unwrap();
+        assert_eq!(config.namespace, "tailguard");
+        assert_eq!(config.names, ["tailguard", "tailguard.tailguard.svc"]);
+        assert_eq!(config.webhooks, ["tailguard", "tailguard-mutating"]);
+        assert_eq!(config.interval, Duration::from_secs(30));
+        for conflicting in [&["--dev"][..], &["--tls-cert", "a", "--tls-key", "b"]] {
+            let mut argv = vec!["--cert-secret", "s", "--cert-dns", "x"];
+            argv.extend_from_slice(conflicting);
+            assert!(ServeArgs::try_parse_from(argv).is_err(), "{conflicting:?}");
+        }
+        // --cert-dns and --ca-bundle-webhook only with --cert-secret.
+        assert!(ServeArgs::try_parse_from(["--dev", "--cert-dns", "x"]).is_err());
+        assert!(ServeArgs::try_parse_from(["--dev", "--ca-bundle-webhook", "x"]).is_err());
+        assert!(ServeArgs::try_parse_from(["--tls-cert", "a", "--tls-key", "b", "--cert-dns", "x"]).is_err());
+        // No names, bad names, no namespace: clear errors.
+        let no_dns = ServeArgs::try_parse_from(["--cert-secret", "s", "--cert-namespace", "ns"]).unwrap();
+        let e = format!("{:#}", self_certs_config(&no_dns, "s").unwrap_err());
+        assert!(e.contains("--cert-dns"), "{e}");
+        let bad =
+            ServeArgs::try_parse_from(["--cert-secret", "s", "--cert-namespace", "ns", "--cert-dns", "a b"]).unwrap();
+        assert!(self_certs_config(&bad, "s").is_err());
+        let mut no_ns = ServeArgs::try_parse_from(["--cert-secret", "s", "--cert-dns", "x"]).unwrap();
+        no_ns.self_certs.cert_namespace = None;
+        let e = format!("{:#}", self_certs_config(&no_ns, "s").unwrap_err());
+        assert!(e.contains("--cert-namespace") && e.contains("POD_NAMESPACE"), "{e}");
     }
 }

@@ -6,9 +6,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
+use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme};
 
 use super::metrics::Metrics;
 use crate::certs;
@@ -106,6 +106,14 @@ impl CertResolver {
         }
     }
 
+    /// No certificate yet (self-managed certificates before the first sync):
+    /// handshakes fail and readiness says "no TLS certificate loaded" until
+    /// [`CertResolver::install`] is called.
+    pub fn empty() -> CertResolver {
+        CertResolver::new(CertifiedKey::new(Vec::new(), Arc::new(NoKey)))
+    }
+
+    /// The certificate served now; its `cert` is empty while there is none.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -113,11 +121,43 @@ impl CertResolver {
     fn replace(&self, key: CertifiedKey) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
     }
+
+    /// Serves `loaded` from now on and updates the metrics; false (and nothing
+    /// changes) when that certificate is already being served.
+    pub fn install(&self, loaded: Loaded, metrics: &Metrics) -> bool {
+        if loaded.key.cert == self.current().cert {
+            return false;
+        }
+        if let Some(not_after) = loaded.not_after {
+            metrics.set_tls_cert_not_after(certs::unix_seconds(not_after));
+        }
+        let first = self.current().cert.is_empty();
+        self.replace(loaded.key);
+        if !first {
+            metrics.tls_reloaded(true);
+        }
+        true
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+        let current = self.current();
+        (!current.cert.is_empty()).then_some(current)
+    }
+}
+
+/// The key of the empty placeholder certificate: signs nothing.
+#[derive(Debug)]
+struct NoKey;
+
+impl SigningKey for NoKey {
+    fn choose_scheme(&self, _: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        None
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::Anonymous
     }
 }
 

@@ -1,0 +1,553 @@
+//! Self-managed certificates (`serve --cert-secret`): the kube side.
+//!
+//! Every replica runs the same loop: read the certificate Secret, let
+//! [`certs::plan_secret`] decide (create / reuse / reissue / renew / new CA),
+//! write the result back with optimistic concurrency (create fails with
+//! AlreadyExists, update with Conflict when another replica got there first;
+//! then re-read and use what the winner wrote), hand the certificates to the
+//! server, and set the CA as `caBundle` of the named webhook configurations.
+//!
+//! Needs `get`, `create` and `update` on the Secret and `get` and `patch` on
+//! the webhook configurations; it never lists or watches Secrets.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::certs::{self, SecretCerts, SecretData, SecretPlan};
+
+/// Field manager name of tailguard's writes.
+pub const FIELD_MANAGER: &str = "tailguard";
+/// How many read-decide-write rounds one sync tries when it keeps losing races.
+const ROUNDS: usize = 5;
+
+/// What `serve --cert-secret` manages.
+#[derive(Debug, Clone)]
+pub struct SelfCerts {
+    pub namespace: String,
+    pub secret: String,
+    /// Names of the serving certificate (DNS names or IP addresses).
+    pub names: Vec<String>,
+    /// Validating/MutatingWebhookConfigurations whose caBundle is set to the CA.
+    pub webhooks: Vec<String>,
+    /// How often the Secret and the webhook configurations are checked.
+    pub interval: Duration,
+}
+
+/// Where the certificate Secret is read and written. [`KubeSecret`] is the
+/// real one; tests wrap it to interleave another writer.
+pub trait SecretStore: Sync {
+    /// The Secret, or `None` if it does not exist.
+    fn get(&self) -> impl Future<Output = kube::Result<Option<Secret>>> + Send;
+    fn create(&self, secret: &Secret) -> impl Future<Output = kube::Result<Secret>> + Send;
+    /// Replaces the Secret; `secret.metadata.resourceVersion` makes it conditional.
+    fn replace(&self, secret: &Secret) -> impl Future<Output = kube::Result<Secret>> + Send;
+    /// `namespace/name`, for logs.
+    fn describe(&self) -> String;
+}
+
+/// A Secret in the cluster, by namespace and name.
+#[derive(Clone)]
+pub struct KubeSecret {
+    api: Api<Secret>,
+    namespace: String,
+    name: String,
+}
+
+impl KubeSecret {
+    pub fn new(client: kube::Client, namespace: &str, name: &str) -> KubeSecret {
+        KubeSecret {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl SecretStore for KubeSecret {
+    async fn get(&self) -> kube::Result<Option<Secret>> {
+        self.api.get_opt(&self.name).await
+    }
+
+    async fn create(&self, secret: &Secret) -> kube::Result<Secret> {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        self.api.create(&params, secret).await
+    }
+
+    async fn replace(&self, secret: &Secret) -> kube::Result<Secret> {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        self.api.replace(&self.name, &params, secret).await
+    }
+
+    fn describe(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a sync did with the Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// It did not exist: this replica generated a CA and created it.
+    Created,
+    /// It was good as it was.
+    Reused,
+    /// A new serving certificate from the same CA (names missing, or unusable).
+    Reissued,
+    /// A new serving certificate from the same CA before the old one expires.
+    Renewed,
+    /// A new CA (the old one unusable or due for rotation).
+    NewCa,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Created => "created",
+            Decision::Reused => "reused",
+            Decision::Reissued => "reissued",
+            Decision::Renewed => "renewed",
+            Decision::NewCa => "new-ca",
+        }
+    }
+}
+
+/// The outcome of [`ensure_secret`].
+#[derive(Debug, Clone)]
+pub struct Ensured {
+    /// What the Secret holds now.
+    pub certs: SecretCerts,
+    /// What this replica did last (after a lost race: usually `Reused`).
+    pub decision: Decision,
+    /// How many writes lost a race to another writer (AlreadyExists or Conflict).
+    pub lost_races: usize,
+}
+
+/// Reads the Secret, decides, writes if needed, and returns what it holds now.
+/// A lost race (the create answered AlreadyExists, the update Conflict) is
+/// logged and followed by a re-read, so every replica ends up with what the
+/// winner wrote. Every decision is logged.
+pub async fn ensure_secret<S: SecretStore>(store: &S, names: &[String]) -> anyhow::Result<Ensured> {
+    let target = store.describe();
+    let mut lost_races = 0;
+    for _ in 0..ROUNDS {
+        let current = store
+            .get()
+            .await
+            .map_err(|e| concise(e, &format!("cannot read Secret {target}")))?;
+        let data = current.as_ref().map(secret_data);
+        let plan = certs::plan_secret(data.as_ref(), names, SystemTime::now());
+        let certs = certs::carry_out(&plan, names).context("cannot generate certificates")?;
+        let (decision, result) = match (&plan, current) {
+            (SecretPlan::Reuse(_), _) => {
+                tracing::debug!(secret = %target, decision = "reused", "certificate Secret is good as it is");
+                return Ok(Ensured {
+                    certs,
+                    decision: Decision::Reused,
+                    lost_races,
+                });
+            }
+            (SecretPlan::Create, _) => (Decision::Created, store.create(&new_secret(store, &certs)).await),
+            (_, None) => anyhow::bail!("internal error: a plan to update a Secret that does not exist"),
+            (plan, Some(mut secret)) => {
+                let decision = match plan {
+                    SecretPlan::NewCa { .. } => Decision::NewCa,
+                    SecretPlan::Reissue {
+                        reason: certs::Reissue::Expiring { .. },
+                        ..
+                    } => Decision::Renewed,
+                    _ => Decision::Reissued,
+                };
+                let data = secret.data.get_or_insert_with(BTreeMap::new);
+                for (key, value) in certs.to_data() {
+                    data.insert(key, ByteString(value));
+                }
+                (decision, store.replace(&secret).await)
+            }
+        };
+        match result {
+            Ok(_) => {
+                log_decision(&target, decision, &plan, &certs);
+                return Ok(Ensured {
+                    certs,
+                    decision,
+                    lost_races,
+                });
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() || status.is_conflict() => {
+                lost_races += 1;
+                tracing::info!(
+                    secret = %target,
+                    decision = "lost-race",
+                    attempted = decision.as_str(),
+                    reason = %status.reason,
+                    "another replica wrote the certificate Secret first; re-reading it to use what it wrote"
+                );
+            }
+            Err(e) => {
+                let doing = match decision {
+                    Decision::Created => "create",
+                    _ => "update",
+                };
+                return Err(concise(e, &format!("cannot {doing} Secret {target}")));
+            }
+        }
+    }
+    anyhow::bail!("Secret {target} kept changing while tailguard tried to write it ({ROUNDS} rounds); will retry")
+}
+
+/// A kube error as one readable line: the apiserver's message and code (not
+/// the whole Status), with what RBAC is missing when it is Forbidden.
+fn concise(error: kube::Error, doing: &str) -> anyhow::Error {
+    match error {
+        kube::Error::Api(status) => {
+            let hint = if status.is_forbidden() {
+                " (tailguard's ServiceAccount needs get, create and update on this Secret, and get and patch \
+                 on the webhook configurations it is given)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("{doing}: {} ({} {}){hint}", status.message, status.code, status.reason)
+        }
+        other => anyhow::Error::new(other).context(doing.to_string()),
+    }
+}
+
+fn log_decision(target: &str, decision: Decision, plan: &SecretPlan, written: &SecretCerts) {
+    let expires = |pem: &str| {
+        certs::first_cert(pem.as_bytes())
+            .and_then(|der| certs::CertInfo::parse(&der))
+            .map(|info| certs::unix_seconds(info.not_after))
+            .unwrap_or_default()
+    };
+    let (ca_not_after, not_after) = (expires(&written.ca.cert_pem), expires(&written.serving.cert_pem));
+    let reason = plan.reason();
+    match decision {
+        Decision::Created => tracing::info!(
+            secret = %target, decision = decision.as_str(), ca_not_after, not_after,
+            "created the certificate Secret with a new CA and serving certificate"
+        ),
+        Decision::Reused => {}
+        Decision::Reissued => tracing::info!(
+            secret = %target, decision = decision.as_str(), %reason, not_after,
+            "issued a new serving certificate from the existing CA (caBundle unchanged)"
+        ),
+        Decision::Renewed => tracing::info!(
+            secret = %target, decision = decision.as_str(), %reason, not_after,
+            "renewed the serving certificate from the existing CA (caBundle unchanged)"
+        ),
+        Decision::NewCa => tracing::warn!(
+            secret = %target, decision = decision.as_str(), %reason, ca_not_after, not_after,
+            "generated a new CA (the previous one stays in the caBundle while it is valid)"
+        ),
+    }
+}
+
+/// A Secret's data as plain bytes.
+pub fn secret_data(secret: &Secret) -> SecretData {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+fn new_secret<S: SecretStore>(store: &S, certs: &SecretCerts) -> Secret {
+    let describe = store.describe();
+    let (namespace, name) = describe.split_once('/').unwrap_or(("", &describe));
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+            labels: Some([("app.kubernetes.io/managed-by".to_string(), "tailguard".to_string())].into()),
+            annotations: Some(
+                [(
+                    "tailguard.io/certificates".to_string(),
+                    "self-managed by tailguard serve --cert-secret".to_string(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(certs.to_data().into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Secret::default()
+    }
+}
+
+// --- caBundle of the webhook configurations ---
+
+/// A strategic merge patch that sets `caBundle` (base64) on every webhook of a
+/// configuration whose value differs, conditional on `resource_version`; `None`
+/// when every webhook already has it. `webhooks` is the configuration's
+/// `webhooks` array (merged by `name`).
+pub fn ca_bundle_patch(webhooks: &Value, resource_version: Option<&str>, ca_bundle: &str) -> Option<Value> {
+    let entries: Vec<Value> = webhooks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|webhook| webhook.pointer("/clientConfig/caBundle").and_then(Value::as_str) != Some(ca_bundle))
+        .filter_map(|webhook| webhook.get("name").and_then(Value::as_str))
+        .map(|name| json!({"name": name, "clientConfig": {"caBundle": ca_bundle}}))
+        .collect();
+    if entries.is_empty() {
+        return None;
+    }
+    let mut patch = json!({"webhooks": entries});
+    if let Some(rv) = resource_version {
+        patch["metadata"] = json!({"resourceVersion": rv});
+    }
+    Some(patch)
+}
+
+/// What [`set_ca_bundle`] found for one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleState {
+    /// Patched these kinds (`webhooks` entries changed in total).
+    Patched { kinds: Vec<&'static str>, webhooks: usize },
+    /// Every webhook already had the CA.
+    UpToDate,
+    /// Neither a Validating nor a MutatingWebhookConfiguration of that name exists.
+    NotFound,
+}
+
+/// Sets the caBundle of the Validating and the MutatingWebhookConfiguration
+/// named `name` (whichever exist) to `ca_pem`.
+pub async fn set_ca_bundle(client: &kube::Client, name: &str, ca_pem: &str) -> anyhow::Result<BundleState> {
+    let bundle = certs::ca_bundle(ca_pem);
+    let kinds = [
+        (
+            "ValidatingWebhookConfiguration",
+            ApiResource::erase::<ValidatingWebhookConfiguration>(&()),
+        ),
+        (
+            "MutatingWebhookConfiguration",
+            ApiResource::erase::<MutatingWebhookConfiguration>(&()),
+        ),
+    ];
+    let mut found = false;
+    let mut patched = Vec::new();
+    let mut entries = 0;
+    for (kind, resource) in kinds {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let Some(object) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| concise(e, &format!("cannot read {kind} {name}")))?
+        else {
+            continue;
+        };
+        found = true;
+        let webhooks = object.data.get("webhooks").cloned().unwrap_or(Value::Null);
+        let Some(patch) = ca_bundle_patch(&webhooks, object.metadata.resource_version.as_deref(), &bundle) else {
+            continue;
+        };
+        let count = patch["webhooks"].as_array().map_or(0, Vec::len);
+        api.patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Strategic(patch),
+        )
+        .await
+        .map_err(|e| concise(e, &format!("cannot patch the caBundle of {kind} {name}")))?;
+        patched.push(kind);
+        entries += count;
+    }
+    Ok(match (found, patched.is_empty()) {
+        (false, _) => BundleState::NotFound,
+        (true, true) => BundleState::UpToDate,
+        (true, false) => BundleState::Patched {
+            kinds: patched,
+            webhooks: entries,
+        },
+    })
+}
+
+// --- the loop ---
+
+/// Keeps the Secret, the served certificate and the caBundles right, forever:
+/// at start (retrying with backoff until the Secret can be read and written),
+/// then every `interval`. `install` receives the Secret's certificates after
+/// every successful sync (it writes them out and swaps the served certificate
+/// when they changed).
+pub async fn run(
+    client: kube::Client,
+    config: SelfCerts,
+    mut install: impl FnMut(&SecretCerts) -> anyhow::Result<()> + Send,
+) {
+    let store = KubeSecret::new(client.clone(), &config.namespace, &config.secret);
+    let started = Instant::now();
+    let mut ready = false;
+    let mut backoff = Duration::from_millis(250);
+    // Last logged state per webhook configuration name, to log changes only.
+    let mut bundle_states: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let wait = match ensure_secret(&store, &config.names).await {
+            Ok(ensured) => match install(&ensured.certs) {
+                Ok(()) => {
+                    if !ready {
+                        ready = true;
+                        tracing::info!(
+                            secret = %store.describe(),
+                            decision = ensured.decision.as_str(),
+                            lost_races = ensured.lost_races,
+                            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                            "self-managed certificates in place"
+                        );
+                    }
+                    for name in &config.webhooks {
+                        let state = match set_ca_bundle(&client, name, &ensured.certs.ca.cert_pem).await {
+                            Ok(BundleState::Patched { kinds, webhooks }) => {
+                                tracing::info!(
+                                    webhook_configuration = %name,
+                                    kinds = kinds.join(","),
+                                    webhooks,
+                                    "set the caBundle of the webhook configuration"
+                                );
+                                "ok".to_string()
+                            }
+                            Ok(BundleState::UpToDate) => "ok".to_string(),
+                            Ok(BundleState::NotFound) => {
+                                if bundle_states.get(name).map(String::as_str) != Some("missing") {
+                                    tracing::warn!(
+                                        webhook_configuration = %name,
+                                        retry_in = ?config.interval,
+                                        "no Validating or MutatingWebhookConfiguration of this name yet; will retry"
+                                    );
+                                }
+                                "missing".to_string()
+                            }
+                            Err(e) => {
+                                let message = format!("{e:#}");
+                                if bundle_states.get(name) != Some(&message) {
+                                    tracing::warn!(
+                                        webhook_configuration = %name,
+                                        error = %message,
+                                        retry_in = ?config.interval,
+                                        "cannot set the caBundle; will retry"
+                                    );
+                                }
+                                message
+                            }
+                        };
+                        bundle_states.insert(name.clone(), state);
+                    }
+                    backoff = Duration::from_millis(250);
+                    config.interval
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "cannot install the certificates from the Secret"
+                    );
+                    next_backoff(&mut backoff, config.interval)
+                }
+            },
+            Err(e) => {
+                tracing::warn!(
+                    secret = %store.describe(),
+                    error = format!("{e:#}"),
+                    ready,
+                    "certificate Secret sync failed; retrying"
+                );
+                next_backoff(&mut backoff, config.interval)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn next_backoff(backoff: &mut Duration, max: Duration) -> Duration {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(max.max(Duration::from_millis(250)));
+    wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_bundle_patch_sets_only_what_differs() {
+        let webhooks = json!([
+            {"name": "a.tailguard.io", "clientConfig": {"url": "https://x"}},
+            {"name": "b.tailguard.io", "clientConfig": {"caBundle": "QUJD"}},
+            {"name": "c.tailguard.io", "clientConfig": {"caBundle": "old"}},
+        ]);
+        let patch = ca_bundle_patch(&webhooks, Some("42"), "QUJD").unwrap();
+        assert_eq!(
+            patch,
+            json!({
+                "metadata": {"resourceVersion": "42"},
+                "webhooks": [
+                    {"name": "a.tailguard.io", "clientConfig": {"caBundle": "QUJD"}},
+                    {"name": "c.tailguard.io", "clientConfig": {"caBundle": "QUJD"}},
+                ]
+            })
+        );
+        let done = json!([{"name": "a", "clientConfig": {"caBundle": "QUJD"}}]);
+        assert_eq!(ca_bundle_patch(&done, Some("1"), "QUJD"), None);
+        assert_eq!(ca_bundle_patch(&Value::Null, None, "QUJD"), None);
+        assert_eq!(ca_bundle_patch(&json!([]), None, "QUJD"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_interval() {
+        let mut b = Duration::from_millis(250);
+        let waits: Vec<u128> = (0..6)
+            .map(|_| next_backoff(&mut b, Duration::from_secs(2)).as_millis())
+            .collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 2000, 2000]);
+    }
+
+    #[test]
+    fn new_secret_is_a_tls_secret() {
+        struct Named;
+        impl SecretStore for Named {
+            async fn get(&self) -> kube::Result<Option<Secret>> {
+                Ok(None)
+            }
+            async fn create(&self, s: &Secret) -> kube::Result<Secret> {
+                Ok(s.clone())
+            }
+            async fn replace(&self, s: &Secret) -> kube::Result<Secret> {
+                Ok(s.clone())
+            }
+            fn describe(&self) -> String {
+                "tailguard/tg-certs".into()
+            }
+        }
+        let certs = certs::carry_out(&SecretPlan::Create, &["tailguard".to_string()]).unwrap();
+        let secret = new_secret(&Named, &certs);
+        assert_eq!(secret.metadata.name.as_deref(), Some("tg-certs"));
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("tailguard"));
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        let data = secret_data(&secret);
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+        );
+        assert_eq!(data, certs.to_data());
+    }
+}
