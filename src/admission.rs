@@ -15,7 +15,7 @@ use base64::Engine as _;
 
 use crate::config::Config;
 use crate::inject::{self, Decision, OptIn};
-use crate::rules::{self, Finding, NamespaceFacts, Severity};
+use crate::rules::{self, Finding, NamespaceFacts, RuleId, Severity};
 use crate::workload::{Meta, Workload, WorkloadKind};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -274,16 +274,58 @@ fn keep_existing_violations(
     else {
         return;
     };
-    let before = rules::evaluate(&old, config, facts);
+    // Compare by names, not indices: an inserted env var or container shifts indices.
+    let before: Vec<(RuleId, String)> = rules::evaluate(&old, config, facts)
+        .into_iter()
+        .filter(|b| b.severity == Severity::Deny)
+        .map(|b| (b.rule, stable_path(&old, &b.path)))
+        .collect();
     for f in findings.iter_mut().filter(|f| f.severity == Severity::Deny) {
-        if before
-            .iter()
-            .any(|b| b.rule == f.rule && b.path == f.path && b.severity == Severity::Deny)
-        {
+        let key = (f.rule, stable_path(workload, &f.path));
+        if before.contains(&key) {
             f.severity = Severity::Warn;
             f.message = format!("(already present before this update, so not blocking it) {}", f.message);
         }
     }
+}
+
+/// A finding path with list indices replaced by the names of what they index
+/// (`containers[0].env[3]` → `containers[tailscale].env[TS_EXTRA_ARGS]`).
+fn stable_path(w: &Workload, path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut container = None;
+    for segment in path.split('.') {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        let indexed = segment
+            .strip_suffix(']')
+            .and_then(|s| s.split_once('['))
+            .and_then(|(field, i)| Some((field, i.parse::<usize>().ok()?)));
+        let name = indexed.and_then(|(field, i)| match field {
+            "containers" => {
+                container = w.pod.containers.get(i);
+                container.map(|c| c.name.as_str())
+            }
+            "initContainers" => {
+                container = w.pod.init_containers.as_ref().and_then(|v| v.get(i));
+                container.map(|c| c.name.as_str())
+            }
+            "env" => container.and_then(|c| c.env.as_ref()?.get(i)).map(|e| e.name.as_str()),
+            "volumes" => w.pod.volumes.as_ref().and_then(|v| v.get(i)).map(|v| v.name.as_str()),
+            _ => None,
+        });
+        match (indexed, name) {
+            (Some((field, _)), Some(name)) => {
+                out.push_str(field);
+                out.push('[');
+                out.push_str(name);
+                out.push(']');
+            }
+            _ => out.push_str(segment),
+        }
+    }
+    out
 }
 
 fn decide_mutate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
@@ -322,6 +364,26 @@ pub fn denial_message(object: &str, findings: &[Finding]) -> String {
     message
 }
 
+/// One warning per rule, listing every path: the apiserver cuts each warning
+/// to 256 characters once a response's warnings pass 4 KiB, which would drop
+/// the fixes if every finding had its own.
+fn warnings(findings: &[Finding]) -> Vec<String> {
+    let mut grouped: Vec<(&Finding, Vec<&str>)> = Vec::new();
+    for f in findings.iter().filter(|f| f.severity == Severity::Warn) {
+        match grouped.iter_mut().find(|(first, _)| first.rule == f.rule) {
+            Some((_, paths)) => paths.push(&f.path),
+            None => grouped.push((f, vec![&f.path])),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(f, paths)| {
+            let more = if paths.len() > 1 { format!(" (and {} more)", paths.len() - 1) } else { String::new() };
+            format!("tailguard: [{}] {}: {}{more} Fix: {}", f.rule, paths.join(", "), f.message, f.hint)
+        })
+        .collect()
+}
+
 fn respond(verdict: &Verdict) -> Vec<u8> {
     let status = (!verdict.allowed).then(|| match (&verdict.unreadable, &verdict.denied) {
         (Some(e), _) => Status::failure(e, "BadRequest").with_code(400),
@@ -334,11 +396,8 @@ fn respond(verdict: &Verdict) -> Vec<u8> {
             Status::failure(&denial_message(object, &verdict.findings), "Forbidden").with_code(403)
         }
     });
-    let warnings = verdict
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Warn)
-        .map(|f| format!("tailguard: {f}"))
+    let warnings = warnings(&verdict.findings)
+        .into_iter()
         .chain(verdict.notes.iter().cloned())
         .collect();
     let patch = verdict

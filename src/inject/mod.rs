@@ -92,6 +92,14 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
                     "tailguard cannot read namespace {ns} yet (no cluster access, or its cache has not synced), so it cannot tell whether or how to inject the Tailscale sidecar; it refuses rather than guess. Retry shortly"
                 ));
             }
+            // The apiserver only sends pods of opted-in namespaces (or labelled
+            // pods), so a namespace the cache has not seen yet was just created:
+            // refuse rather than admit the pod without its sidecar.
+            NamespaceFacts::Missing => {
+                return Decision::Deny(format!(
+                    "namespace {ns} is not in tailguard's namespace cache yet (just created?), so its egress settings are unknown; retry in a moment"
+                ));
+            }
             _ if pod_choice => {}
             facts if facts.label(INJECT_LABEL) == Some("enabled") => {}
             _ => return Decision::NotOptedIn,

@@ -17,7 +17,12 @@ pub fn tool(var: &str, test: &str) -> Option<PathBuf> {
             if std::env::var("TAILGUARD_REQUIRE_TOOLS").as_deref() == Ok("1") {
                 panic!("{test}: {why}, and TAILGUARD_REQUIRE_TOOLS=1 requires it (run scripts/test.sh)");
             }
-            eprintln!("\n*** SKIPPED {test}: {why}. Run scripts/test.sh to install the tools and run it. ***\n");
+            // Straight to stderr: the test harness captures eprintln!, and a skip must be seen.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "*** SKIPPED {test}: {why}. Run scripts/test.sh to install the tools and run it. ***"
+            );
             None
         }
     }
