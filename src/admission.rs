@@ -24,6 +24,12 @@ pub const KIND: &str = "AdmissionReview";
 /// Where the rules get namespace facts from (the cluster cache, or nothing).
 pub trait NamespaceSource {
     fn namespace(&self, name: &str) -> NamespaceFacts;
+
+    /// Why namespaces are temporarily unknown (a cache not synced yet), if they
+    /// are: reviews then say that namespace-aware rules were skipped.
+    fn unavailable(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// No cluster access: namespace-aware rules are skipped.
@@ -251,6 +257,15 @@ fn decide_validate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Na
     }
     let facts = facts_for(&workload, namespaces);
     verdict.findings = rules::evaluate(&workload, config, &facts);
+    if !facts.is_known()
+        && let Some(why) = namespaces.unavailable()
+        && rules::applies(&workload, config)
+    {
+        verdict.notes.push(format!(
+            "tailguard: {why}: pod-security-level and {} were not applied to this object",
+            rules::SKIP_RULES_ANNOTATION
+        ));
+    }
     if request.operation == Operation::Update && verdict.findings.iter().any(|f| f.severity == Severity::Deny) {
         keep_existing_violations(request, &workload, config, &facts, &mut verdict.findings);
     }
@@ -378,8 +393,18 @@ fn warnings(findings: &[Finding]) -> Vec<String> {
     grouped
         .into_iter()
         .map(|(f, paths)| {
-            let more = if paths.len() > 1 { format!(" (and {} more)", paths.len() - 1) } else { String::new() };
-            format!("tailguard: [{}] {}: {}{more} Fix: {}", f.rule, paths.join(", "), f.message, f.hint)
+            let more = if paths.len() > 1 {
+                format!(" (and {} more)", paths.len() - 1)
+            } else {
+                String::new()
+            };
+            format!(
+                "tailguard: [{}] {}: {}{more} Fix: {}",
+                f.rule,
+                paths.join(", "),
+                f.message,
+                f.hint
+            )
         })
         .collect()
 }

@@ -303,7 +303,7 @@ fn rule_by_name(name: &str, section: &str) -> Result<RuleId, ConfigError> {
 /// The repository part of an image reference: tag and digest removed, and the
 /// Docker Hub host (`docker.io/`, `index.docker.io/`) and `library/` dropped so
 /// `docker.io/tailscale/tailscale:v1.2` and `tailscale/tailscale` compare equal.
-pub fn image_repository(image: &str) -> &str {
+pub fn image_repository<'a>(image: &'a str) -> &'a str {
     let without_digest = image.split_once('@').map_or(image, |(repo, _)| repo);
     // A ':' after the last '/' is a tag; one before it is a registry port.
     let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
@@ -311,11 +311,18 @@ pub fn image_repository(image: &str) -> &str {
         Some(i) => &without_digest[..last_slash + i],
         None => without_digest,
     };
-    let repo = repo
-        .strip_prefix("docker.io/")
-        .or_else(|| repo.strip_prefix("index.docker.io/"))
+    // Drop a Docker Hub host or `library/` only when what follows is a Hub path:
+    // `docker.io/ghcr.io/x` names the Hub repository `ghcr.io/x`, not ghcr.io's `x`.
+    let strip = |repo: &'a str, prefix: &str| {
+        repo.strip_prefix(prefix).filter(|rest| {
+            let first = rest.split('/').next().unwrap_or_default();
+            !first.contains('.') && !first.contains(':') && first != "localhost"
+        })
+    };
+    let repo = strip(repo, "docker.io/")
+        .or_else(|| strip(repo, "index.docker.io/"))
         .unwrap_or(repo);
-    repo.strip_prefix("library/").unwrap_or(repo)
+    strip(repo, "library/").unwrap_or(repo)
 }
 
 /// The tag of an image reference, if it has one (`None` for a bare or digest-only reference).

@@ -84,25 +84,37 @@ pub fn references(input: &str) -> impl Iterator<Item = (&str, usize)> {
 
 /// Expands `input` as the kubelet does; `lookup` returns a variable's value, or
 /// `None` to leave the reference verbatim.
-pub fn expand<'a>(input: &'a str, mut lookup: impl FnMut(&str) -> Option<&'a str>) -> String {
+pub fn expand<'a>(input: &'a str, lookup: impl FnMut(&str) -> Option<&'a str>) -> String {
+    expand_bounded(input, lookup, usize::MAX).unwrap_or_default()
+}
+
+/// [`expand`], giving up (`None`) once the result would pass `limit` bytes:
+/// values that reference earlier values can double at every step.
+pub fn expand_bounded<'a>(
+    input: &'a str,
+    mut lookup: impl FnMut(&str) -> Option<&'a str>,
+    limit: usize,
+) -> Option<String> {
     if !input.contains('$') {
-        return input.to_owned();
+        return (input.len() <= limit).then(|| input.to_owned());
     }
-    let mut out = String::with_capacity(input.len());
+    let mut out = String::with_capacity(input.len().min(limit));
     for piece in pieces(input) {
-        match piece {
-            Piece::Literal(s) => out.push_str(s),
+        let (a, b, c) = match piece {
+            Piece::Literal(s) => (s, "", ""),
             Piece::Reference { name, .. } => match lookup(name) {
-                Some(v) => out.push_str(v),
-                None => {
-                    out.push_str("$(");
-                    out.push_str(name);
-                    out.push(')');
-                }
+                Some(v) => (v, "", ""),
+                None => ("$(", name, ")"),
             },
+        };
+        if out.len() + a.len() + b.len() + c.len() > limit {
+            return None;
         }
+        out.push_str(a);
+        out.push_str(b);
+        out.push_str(c);
     }
-    out
+    Some(out)
 }
 
 /// Shell-style references (`$NAME`, `${NAME}`) that the kubelet leaves alone, as
@@ -175,6 +187,16 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(expand(input, env), want, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn bounded_expansion_gives_up_instead_of_growing() {
+        let big = "x".repeat(100);
+        assert_eq!(expand_bounded("$(A)$(A)", |_| Some(big.as_str()), 150), None);
+        assert_eq!(
+            expand_bounded("$(A)", |_| Some(big.as_str()), 150).map(|s| s.len()),
+            Some(100)
+        );
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //! environment (with Kubernetes' `$(VAR)` expansion applied), its mode, and the
 //! `tailscale up` flags it passes.
 
+use std::collections::HashMap;
+
 use k8s_openapi::api::core::v1::{Container, EnvVar};
 
 use crate::config::Config;
 use crate::expansion;
 use crate::workload::Workload;
+
+/// Largest expanded env value modelled; a bigger one counts as unknown.
+const MAX_EXPANDED_VALUE: usize = 64 << 10;
 
 /// containerboot's health endpoint port when `TS_LOCAL_ADDR_PORT` is unset.
 pub const DEFAULT_HEALTH_PORT: u16 = 9002;
@@ -37,6 +42,8 @@ pub enum EnvValue {
 pub struct EnvModel<'a> {
     vars: &'a [EnvVar],
     values: Vec<EnvValue>,
+    /// Where each name is defined, in order: lookups stay linear in big envs.
+    index: HashMap<&'a str, Vec<usize>>,
     /// The container has `envFrom`: names not in `env` may still be defined.
     pub has_env_from: bool,
 }
@@ -45,32 +52,39 @@ impl<'a> EnvModel<'a> {
     pub fn new(container: &'a Container) -> Self {
         let vars = container.env.as_deref().unwrap_or_default();
         let mut values: Vec<EnvValue> = Vec::with_capacity(vars.len());
+        let mut index: HashMap<&str, Vec<usize>> = HashMap::with_capacity(vars.len());
         for (i, var) in vars.iter().enumerate() {
             let value = match (&var.value, &var.value_from) {
                 (_, Some(_)) => EnvValue::External,
                 (Some(v), None) => {
                     let mut external = false;
-                    let expanded = expansion::expand(v, |name| match lookup_before(vars, &values, name, i) {
-                        Some((_, EnvValue::Known(s))) => Some(s.as_str()),
-                        Some((_, EnvValue::External)) => {
-                            external = true;
-                            None
-                        }
-                        None => None,
-                    });
-                    if external {
-                        EnvValue::External
-                    } else {
-                        EnvValue::Known(expanded)
+                    let expanded = expansion::expand_bounded(
+                        v,
+                        |name| match lookup_before(&index, &values, name, i) {
+                            Some((_, EnvValue::Known(s))) => Some(s.as_str()),
+                            Some((_, EnvValue::External)) => {
+                                external = true;
+                                None
+                            }
+                            None => None,
+                        },
+                        MAX_EXPANDED_VALUE,
+                    );
+                    match expanded {
+                        Some(text) if !external => EnvValue::Known(text),
+                        // Too large to model (or from outside the manifest): unknown.
+                        _ => EnvValue::External,
                     }
                 }
                 (None, None) => EnvValue::Known(String::new()),
             };
             values.push(value);
+            index.entry(var.name.as_str()).or_default().push(i);
         }
         EnvModel {
             vars,
             values,
+            index,
             has_env_from: container.env_from.as_ref().is_some_and(|e| !e.is_empty()),
         }
     }
@@ -81,15 +95,19 @@ impl<'a> EnvModel<'a> {
 
     /// The effective definition of `name` (the last one wins), with its index.
     pub fn get(&self, name: &str) -> Option<(usize, &EnvValue)> {
-        self.vars
-            .iter()
-            .rposition(|v| v.name == name)
-            .map(|i| (i, &self.values[i]))
+        let i = *self.index.get(name)?.last()?;
+        Some((i, &self.values[i]))
     }
 
     /// The definition of `name` visible to `env[index]` (only earlier entries).
     pub fn get_before(&self, name: &str, index: usize) -> Option<(usize, &EnvValue)> {
-        lookup_before(self.vars, &self.values, name, index)
+        lookup_before(&self.index, &self.values, name, index)
+    }
+
+    /// Where `name` is defined after `env[index]`, if it is.
+    pub fn defined_after(&self, name: &str, index: usize) -> Option<usize> {
+        let at = self.index.get(name)?;
+        at.get(at.partition_point(|&i| i <= index)).copied()
     }
 
     /// The literal value of `name`, if it is set and knowable.
@@ -112,15 +130,15 @@ impl<'a> EnvModel<'a> {
 }
 
 fn lookup_before<'v>(
-    vars: &[EnvVar],
+    index: &HashMap<&str, Vec<usize>>,
     values: &'v [EnvValue],
     name: &str,
-    index: usize,
+    before: usize,
 ) -> Option<(usize, &'v EnvValue)> {
-    vars[..index.min(values.len())]
-        .iter()
-        .rposition(|v| v.name == name)
-        .map(|i| (i, &values[i]))
+    let at = index.get(name)?;
+    let n = at.partition_point(|&i| i < before);
+    let i = *at.get(n.checked_sub(1)?)?;
+    Some((i, values.get(i)?))
 }
 
 /// Go's `strconv.ParseBool`.

@@ -496,7 +496,6 @@ async fn idle_http1_connections_do_not_hold_connection_slots() {
 /// failurePolicy Fail, Tailscale workloads are refused for as long as the
 /// attacker likes.
 #[tokio::test]
-#[ignore = "BUG: idle HTTP/2 connections hold --max-connections slots forever; fix in src/server/mod.rs connection() (idle timeout for HTTP/2, see SECURITY.md)"]
 async fn idle_http2_connections_do_not_hold_connection_slots() {
     let dir = TempDir::new("hostile-idle-h2");
     let pki = Pki::new("hostile idle h2 CA");
@@ -619,7 +618,6 @@ async fn blackhole_apiserver(dir: &TempDir) -> (std::path::PathBuf, tokio::task:
 /// while the cache has not synced: the review is answered (above), but no
 /// warning tells the user that pod-security-level and skip-rules were not applied.
 #[tokio::test]
-#[ignore = "BUG: namespace-aware rules are skipped silently while the namespace cache is not synced; add a warning in src/admission.rs decide_validate (see SECURITY.md S4)"]
 async fn unsynced_namespace_cache_is_reported_as_a_warning() {
     let dir = TempDir::new("hostile-unsynced-warning");
     let pki = Pki::new("hostile unsynced CA");
@@ -681,9 +679,10 @@ async fn slow_apiserver_keeps_readiness_false_and_reviews_fast() {
         slowest = slowest.max(started.elapsed());
         let text = r.to_string();
         assert!(
-            !text.contains("pod-security-level"),
+            !text.contains("[pod-security-level]"),
             "namespace-aware rule guessed: {text}"
         );
+        assert!(text.contains("were not applied"), "the skip is not reported: {text}");
     }
     eprintln!("reviews with a black-hole apiserver: slowest {slowest:?}");
     assert!(slowest < Duration::from_millis(500), "{slowest:?}");
@@ -923,7 +922,6 @@ fn tailscale_pod_review(env: Value) -> Vec<u8> {
 /// `$(X)` in one value is a finding of its own, with a ~300-byte message and
 /// hint, and the denial message repeats them all.
 #[test]
-#[ignore = "BUG: findings are unbounded (one per reference/token): a 400 KB review yields a 30 MB response with 100k findings; cap findings in src/rules/mod.rs evaluate (see SECURITY.md)"]
 fn response_size_is_bounded_for_many_findings() {
     let value = "$(X)".repeat(100_000);
     let body = tailscale_pod_review(json!([{"name": "TS_HOSTNAME", "value": value}]));

@@ -897,7 +897,7 @@ fn key_only_where_keys_belong(v: &Value) -> bool {
 /// fuzz/regressions/review_structured/s2-key-in-extra-args-echoed. Until it is
 /// fixed, those rules' findings are left out of this check; set this to `true`
 /// with the fix.
-const S2_FIXED: bool = false;
+const S2_FIXED: bool = true;
 
 fn quotes_extra_args_tokens(rule: tailguard::rules::RuleId) -> bool {
     use tailguard::rules::RuleId;

@@ -78,6 +78,10 @@ impl NamespaceSource for NamespaceCache {
             None => NamespaceFacts::Missing,
         }
     }
+
+    fn unavailable(&self) -> Option<&'static str> {
+        (!self.is_ready()).then_some("tailguard's namespace cache has not synced with the apiserver yet")
+    }
 }
 
 /// Keeps only what rules may read: no managedFields, no last-applied copy.

@@ -96,10 +96,7 @@ fn check_env(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Finding
             if tc.env.get_before(name, i).is_some() || ALWAYS_DEFINED.contains(&name) {
                 continue;
             }
-            let later = tc.env.vars()[i + 1..]
-                .iter()
-                .position(|v| v.name == name)
-                .map(|j| i + 1 + j);
+            let later = tc.env.defined_after(name, i);
             report(
                 tc,
                 &path,

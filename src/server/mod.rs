@@ -33,6 +33,7 @@ use crate::config::Config;
 
 pub mod health;
 pub mod http;
+mod idle;
 pub mod metrics;
 pub mod tls;
 
@@ -174,9 +175,14 @@ pub struct ServeLimits {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
-    /// Most concurrent webhook connections; further clients wait in the listen backlog.
+    /// Most concurrent webhook connections. At the limit, the connection idle the
+    /// longest is closed to make room; with none idle, clients wait in the listen backlog.
     #[arg(long, env = "TAILGUARD_MAX_CONNECTIONS", value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
+
+    /// Close a connection (HTTP/2 included) with no request for this long.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 
     /// How often the certificate files are checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
@@ -237,6 +243,7 @@ struct SelfCertsTask {
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     handshake_timeout: Duration,
+    idle_timeout: Duration,
     header_read_timeout: Duration,
     max_connections: usize,
     shutdown_grace: Duration,
@@ -390,6 +397,7 @@ impl Server {
             self_certs,
             limits: Limits {
                 handshake_timeout: args.limits.handshake_timeout,
+                idle_timeout: args.limits.idle_timeout.max(Duration::from_millis(10)),
                 header_read_timeout: args.limits.header_read_timeout,
                 max_connections: args.limits.max_connections.max(1),
                 shutdown_grace: args.limits.shutdown_grace,
@@ -627,8 +635,12 @@ async fn accept_loop(
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     let mut stop_accepting_at: Option<tokio::time::Instant> = None;
+    let epoch = std::time::Instant::now();
+    let mut open = idle::Connections::default();
     loop {
-        let can_accept = connections.len() < limits.max_connections;
+        let at_limit = connections.len() >= limits.max_connections;
+        // At the limit, an idle connection can give up its slot.
+        let can_accept = !at_limit || open.most_idle().is_some();
         tokio::select! {
             () = &mut shutdown, if stop_accepting_at.is_none() => {
                 health.draining.store(true, Ordering::Relaxed);
@@ -643,9 +655,19 @@ async fn accept_loop(
             }
             () = tokio::time::sleep_until(stop_accepting_at.unwrap_or_else(tokio::time::Instant::now)),
                 if stop_accepting_at.is_some() => break,
+            // At the limit with nothing idle: look again shortly (going idle wakes nobody).
+            () = tokio::time::sleep(Duration::from_millis(100)), if !can_accept => {}
             accepted = listener.accept(), if can_accept => match accepted {
                 Ok((stream, peer)) => {
+                    if connections.len() >= limits.max_connections
+                        && let Some(idle) = open.most_idle()
+                    {
+                        tracing::debug!(%peer, "at the connection limit: closing the most idle connection");
+                        idle.evict();
+                    }
                     let accepted_in = *phase.borrow();
+                    let activity = idle::Activity::new(epoch);
+                    open.add(&activity);
                     connections.spawn(connection(
                         stream,
                         peer,
@@ -655,7 +677,8 @@ async fn accept_loop(
                         metrics.clone(),
                         phase.subscribe(),
                         accepted_in,
-                        limits.handshake_timeout,
+                        limits,
+                        activity,
                     ));
                 }
                 Err(e) => {
@@ -709,8 +732,10 @@ async fn connection(
     metrics: Arc<Metrics>,
     mut phase: watch::Receiver<u8>,
     accepted_in: u8,
-    handshake_timeout: Duration,
+    limits: Limits,
+    activity: Arc<idle::Activity>,
 ) {
+    let handshake_timeout = limits.handshake_timeout;
     metrics.connection_opened();
     let _open = OpenConnection(metrics.clone());
     if let Err(e) = stream.set_nodelay(true) {
@@ -733,11 +758,20 @@ async fn connection(
         () = finished(&mut phase, accepted_in) => return,
     };
     let builder = protocols.for_alpn(tls.get_ref().1.alpn_protocol());
-    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+    let service = idle::Tracked {
+        inner: TowerToHyperService::new(service),
+        activity: activity.clone(),
+    };
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
     let mut conn = pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = finished(&mut phase, accepted_in) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = activity.wind_down(limits.idle_timeout) => {
+            tracing::debug!(%peer, "closing an idle connection");
             conn.as_mut().graceful_shutdown();
             conn.await
         }
