@@ -3,7 +3,8 @@
 # kubectl, the tailscale CLI, kubernetes-validate) and builds kube-apiserver
 # and etcd from the Go module proxy (cached by version under
 # ${TAILGUARD_CACHE:-~/.cache/tailguard}), then runs fmt, clippy and every test
-# with missing tools treated as failures, not skips.
+# with missing tools treated as failures, not skips, and the dependency policy
+# (scripts/deny.sh: licenses, bans, sources).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ set +a
 echo "test.sh: tools ready in $(( $(date +%s) - start ))s" >&2
 
 cargo fmt --all -- --check
+scripts/deny.sh
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
 echo "test.sh: done in $(( $(date +%s) - start ))s" >&2
