@@ -1640,7 +1640,10 @@ async fn many_warnings_keep_their_fix_hints() {
             .unwrap_or_else(|| panic!("no {rule} warning in {out}"));
         assert!(line.contains("Fix: "), "fix cut off: {line}");
         for i in 0..5 {
-            assert!(line.contains(&format!("containers[{i}]")), "{rule} warning misses containers[{i}]: {line}");
+            assert!(
+                line.contains(&format!("containers[{i}]")),
+                "{rule} warning misses containers[{i}]: {line}"
+            );
         }
     }
 }
