@@ -1,0 +1,263 @@
+//! Server processes (tailguard and the baseline) and what /proc says about them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A child process killed (by its pid) and reaped when dropped.
+pub struct Proc {
+    child: Child,
+    /// Held so the baseline notices when we go away.
+    _stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `VmHWM`/`VmRSS`-style field of /proc/PID/status, in KiB.
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Resets the peak RSS (`VmHWM`) to the current RSS (Linux >= 4.0).
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// User + system CPU time of a process (all threads), from /proc/PID/stat.
+pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// CPU time used by everything on the machine (all CPUs, from /proc/stat:
+/// user, nice, system, irq, softirq, steal).
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    Some(Duration::from_secs_f64(busy as f64 / clock_ticks() as f64))
+}
+
+/// `/proc/loadavg`'s 1-minute figure.
+pub fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Status code of `GET path` over plain HTTP/1.1, or `None` if it cannot connect.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_nodelay(true).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Polls `GET /readyz` every `every` until 200; the time it took.
+pub fn wait_ready(health: SocketAddr, started: Instant, limit: Duration, every: Duration) -> anyhow::Result<Duration> {
+    loop {
+        if http_status(health, "/readyz") == Some(200) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            bail!("{health}/readyz not 200 within {limit:?}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The tailguard server, as `tailguard serve` runs in a cluster (JSON logs, at
+/// info one line per review, to a file).
+pub struct Tailguard {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub certs: PathBuf,
+    log: File,
+}
+
+impl Tailguard {
+    pub fn start(bin: &Path, dir: &Path, kubeconfig: &Path, log_filter: &str) -> anyhow::Result<Tailguard> {
+        let certs = dir.join("certs");
+        let log_path = dir.join("tailguard.log");
+        let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let child = Command::new(bin)
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--health-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--certs-dir")
+            .arg(&certs)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env("TAILGUARD_LOG_FORMAT", "json")
+            .env("RUST_LOG", log_filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.try_clone()?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut proc = Proc { child, _stdin: None };
+        let started = Instant::now();
+        let (addr, health) = loop {
+            if let Some(found) = listening(&log_path) {
+                break found;
+            }
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                bail!("tailguard serve exited ({status}); log: {}", log_path.display());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                proc.stop();
+                bail!(
+                    "tailguard serve did not listen within 30 s; log: {}",
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        wait_ready(health, started, Duration::from_secs(30), Duration::from_millis(5))
+            .context("waiting for the namespace cache to sync with the fake apiserver")?;
+        Ok(Tailguard { proc, addr, certs, log })
+    }
+
+    /// Empties the log file (the server appends), so long runs do not fill the disk.
+    pub fn truncate_log(&self) {
+        let _ = self.log.set_len(0);
+    }
+}
+
+/// The `listening` line of tailguard's JSON log: (webhook, health) addresses.
+fn listening(log: &Path) -> Option<(SocketAddr, SocketAddr)> {
+    let file = File::open(log).ok()?;
+    for line in BufReader::new(file).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let fields = &v["fields"];
+        if fields["message"] == "listening" {
+            let addr = fields["addr"].as_str()?.parse().ok()?;
+            let health = fields["health_addr"].as_str()?.parse().ok()?;
+            return Some((addr, health));
+        }
+    }
+    None
+}
+
+/// The baseline server: this binary re-executed with `--serve-baseline`.
+pub struct Baseline {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Baseline {
+    pub fn start(cert: &Path, key: &Path) -> anyhow::Result<Baseline> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("--serve-baseline")
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("baseline stdout")?;
+        let mut proc = Proc { child, _stdin: stdin };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(addr) = line.trim().strip_prefix("listening ").and_then(|a| a.parse().ok()) else {
+            proc.stop();
+            bail!("baseline server did not start: {line:?}");
+        };
+        Ok(Baseline { proc, addr })
+    }
+}
+
+/// Start-up to ready of `tailguard serve --dev --certs-dir DIR`: spawn to the
+/// first `/readyz` 200 (polled every 1 ms).
+pub fn startup(bin: &Path, certs: &Path) -> anyhow::Result<Duration> {
+    let listen = free_port()?;
+    let health = free_port()?;
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .args(["serve", "--dev"])
+        .arg("--certs-dir")
+        .arg(certs)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--health-listen")
+        .arg(health.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut proc = Proc { child, _stdin: None };
+    let took = wait_ready(health, started, Duration::from_secs(20), Duration::from_millis(1));
+    proc.stop();
+    took
+}
