@@ -19,5 +19,10 @@ echo "test.sh: tools ready in $(( $(date +%s) - start ))s" >&2
 cargo fmt --all -- --check
 scripts/deny.sh
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --all-targets 2>&1 | tee "$log"
 echo "test.sh: done in $(( $(date +%s) - start ))s" >&2
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i; if ($(i+1) ~ /^ignored;/) s += $i } }
+     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
