@@ -892,6 +892,18 @@ fn print_summary(r: &Results) -> String {
         r.settings["runs"],
         r.settings["duration_s"]
     );
+    let busiest = r
+        .cases
+        .iter()
+        .chain(&r.baseline)
+        .map(|c| c.others_cpu_pct_max)
+        .fold(0.0, f64::max);
+    if busiest > 20.0 {
+        let _ = writeln!(
+            md,
+            "**WARNING: other processes used up to {busiest:.0} % of a CPU during some runs: rerun on a quiet machine.**\n"
+        );
+    }
     if !r.cases.is_empty() {
         let _ = writeln!(
             md,
