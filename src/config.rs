@@ -11,6 +11,7 @@
 //!   - namespace: sandbox
 //!     rules: [resources]
 //!   - namespace: legacy-*       # trailing * matches a prefix; no rules = every rule
+//! runtime: containerd           # containerd | cri-o | unknown (default)
 //! ```
 
 use std::collections::BTreeMap;
@@ -43,6 +44,8 @@ struct ConfigFile {
     exemptions: Vec<ExemptionFile>,
     #[serde(default)]
     injection: InjectionConfig,
+    #[serde(default)]
+    runtime: ContainerRuntime,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +65,66 @@ pub struct Config {
     exemptions: Vec<Exemption>,
     pub injection: InjectionConfig,
     allowed_sidecar_images: Vec<NamePattern>,
+    /// The cluster's container runtime: some verdicts depend on what it grants.
+    pub runtime: ContainerRuntime,
+}
+
+/// The container runtime of the cluster's nodes. What a container may do
+/// without asking (its default capabilities) differs: containerd grants
+/// `MKNOD`, CRI-O does not. `Unknown` never turns a runtime-dependent guess
+/// into a deny.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerRuntime {
+    Containerd,
+    CriO,
+    #[default]
+    Unknown,
+}
+
+impl ContainerRuntime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerRuntime::Containerd => "containerd",
+            ContainerRuntime::CriO => "cri-o",
+            ContainerRuntime::Unknown => "unknown",
+        }
+    }
+
+    /// The capabilities the runtime gives a container by default (without the
+    /// `CAP_` prefix), or `None` when the runtime is unknown.
+    pub fn default_capabilities(self) -> Option<&'static [&'static str]> {
+        match self {
+            ContainerRuntime::Containerd => Some(&[
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "FSETID",
+                "FOWNER",
+                "MKNOD",
+                "NET_RAW",
+                "SETGID",
+                "SETUID",
+                "SETFCAP",
+                "SETPCAP",
+                "NET_BIND_SERVICE",
+                "SYS_CHROOT",
+                "KILL",
+                "AUDIT_WRITE",
+            ]),
+            ContainerRuntime::CriO => Some(&[
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "FSETID",
+                "FOWNER",
+                "SETGID",
+                "SETUID",
+                "SETPCAP",
+                "NET_BIND_SERVICE",
+                "KILL",
+            ]),
+            ContainerRuntime::Unknown => None,
+        }
+    }
 }
 
 /// Defaults for injected egress sidecars; namespaces and pods override the
@@ -164,6 +227,7 @@ impl Default for Config {
             exemptions: Vec::new(),
             allowed_sidecar_images: DEFAULT_IMAGES.iter().map(|s| NamePattern::parse(s)).collect(),
             injection: InjectionConfig::default(),
+            runtime: ContainerRuntime::Unknown,
         }
     }
 }
@@ -213,6 +277,7 @@ impl Config {
             .map(|s| NamePattern::parse(s))
             .collect();
         config.injection = file.injection;
+        config.runtime = file.runtime;
         config.validate_injection()?;
         for e in file.exemptions {
             if e.namespace.is_empty() {

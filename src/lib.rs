@@ -1,7 +1,7 @@
 //! tailguard: an admission webhook for Tailscale workloads.
 //!
-//! The pure core (`workload`, `tailscale`, `expansion`, `rules`, `admission`,
-//! `config`) never does I/O; `server`, `cluster` and `cli` are thin adapters.
+//! The pure core (`workload`, `tailscale`, `security`, `expansion`, `rules`,
+//! `admission`, `config`) never does I/O; `server`, `cluster` and `cli` are thin adapters.
 
 pub mod admission;
 pub mod certs;
@@ -13,6 +13,7 @@ pub mod inject;
 pub mod manifest;
 pub mod policy;
 pub mod rules;
+pub mod security;
 pub mod server;
 pub mod tailscale;
 pub mod workload;

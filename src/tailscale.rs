@@ -118,6 +118,18 @@ impl<'a> EnvModel<'a> {
         }
     }
 
+    /// A containerboot setting as the container will see it: unset only when
+    /// the manifest shows it is (no `env` entry and no `envFrom` that may
+    /// supply it).
+    pub fn setting(&self, name: &str) -> Setting<'_> {
+        match self.get(name) {
+            Some((i, EnvValue::Known(v))) => Setting::Known(i, v.as_str()),
+            Some((i, EnvValue::External)) => Setting::Unknown(Some(i)),
+            None if self.has_env_from => Setting::Unknown(None),
+            None => Setting::Unset,
+        }
+    }
+
     pub fn is_set(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
@@ -141,6 +153,50 @@ fn lookup_before<'v>(
     Some((i, values.get(i)?))
 }
 
+/// One containerboot setting (an env var), as far as the manifest tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting<'e> {
+    /// Not set: containerboot's default applies.
+    Unset,
+    /// Set to this text (after `$(VAR)` expansion), at `env[index]`.
+    Known(usize, &'e str),
+    /// Set from outside the manifest (`valueFrom`, `envFrom`): at `env[index]`
+    /// when it is in `env`.
+    Unknown(Option<usize>),
+}
+
+impl<'e> Setting<'e> {
+    /// The text, when set and known.
+    pub fn known(self) -> Option<&'e str> {
+        match self {
+            Setting::Known(_, v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The text, treating unset as containerboot's empty default; `None` when unknown.
+    pub fn or_empty(self) -> Option<&'e str> {
+        match self {
+            Setting::Unset => Some(""),
+            Setting::Known(_, v) => Some(v),
+            Setting::Unknown(_) => None,
+        }
+    }
+
+    /// A boolean as containerboot reads it (`defaultBool`: unparseable means
+    /// the default); `None` when unknown.
+    pub fn bool_or(self, default: bool) -> Option<bool> {
+        self.or_empty().map(|v| parse_go_bool(v).unwrap_or(default))
+    }
+
+    pub fn index(self) -> Option<usize> {
+        match self {
+            Setting::Known(i, _) | Setting::Unknown(Some(i)) => Some(i),
+            _ => None,
+        }
+    }
+}
+
 /// Go's `strconv.ParseBool`.
 pub fn parse_go_bool(s: &str) -> Option<bool> {
     match s {
@@ -148,6 +204,21 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
         _ => None,
     }
+}
+
+/// Whether the container's process is containerboot, the image's entrypoint:
+/// no `command` (the entrypoint stays), or a command that runs containerboot
+/// (directly, or at the end of a shell script). A `command` such as `sh -c
+/// "sysctl ..."` replaces the entrypoint, and no Tailscale runs there.
+pub fn runs_containerboot(c: &Container) -> bool {
+    let Some(command) = c.command.as_deref().filter(|c| !c.is_empty()) else {
+        return true;
+    };
+    let names_containerboot = |s: &String| {
+        s.split(|c: char| c.is_whitespace() || ";&|()`'\"".contains(c))
+            .any(|word| word.rsplit('/').next() == Some("containerboot"))
+    };
+    command.iter().chain(c.args.iter().flatten()).any(names_containerboot)
 }
 
 /// How tailscaled will run.
@@ -171,7 +242,12 @@ impl<'a> TailscaleContainer<'a> {
         let mut out = Vec::new();
         for (list, field, is_init) in [(init, "initContainers", true), (main.as_slice(), "containers", false)] {
             for (i, c) in list.iter().enumerate() {
-                if c.image.as_deref().is_some_and(|image| config.is_tailscale_image(image)) {
+                // A plain init container runs to completion before the pod
+                // starts: whatever it runs, it is not the pod's Tailscale.
+                if is_init && c.restart_policy.as_deref() != Some("Always") {
+                    continue;
+                }
+                if c.image.as_deref().is_some_and(|image| config.is_tailscale_image(image)) && runs_containerboot(c) {
                     out.push(TailscaleContainer {
                         container: c,
                         path: format!("{base}.{field}[{i}]"),
@@ -194,6 +270,8 @@ impl<'a> TailscaleContainer<'a> {
 
     pub fn mode(&self) -> Mode {
         match self.env.get("TS_USERSPACE") {
+            // envFrom may set it: unknown, not unset.
+            None if self.env.has_env_from => Mode::Unknown,
             None => Mode::DefaultUserspace,
             Some((_, EnvValue::External)) => Mode::Unknown,
             Some((_, EnvValue::Known(v))) => match parse_go_bool(v) {
@@ -202,6 +280,18 @@ impl<'a> TailscaleContainer<'a> {
                 None => Mode::DefaultUserspace,
             },
         }
+    }
+
+    /// Whether `env[index]`'s raw value has a `$(VAR)` the kubelet leaves
+    /// unexpanded (not an escaped `$$(VAR)`).
+    pub fn has_unresolved_reference(&self, index: usize) -> bool {
+        let raw = self
+            .env
+            .vars()
+            .get(index)
+            .and_then(|v| v.value.as_deref())
+            .unwrap_or_default();
+        expansion::references(raw).any(|(name, _)| self.env.get_before(name, index).is_none())
     }
 
     pub fn privileged(&self) -> bool {

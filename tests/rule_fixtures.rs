@@ -4,76 +4,31 @@
 //! - `# expect: SEVERITY RULE PATH [@Kind/namespace/name]`: for each rule (and
 //!   object) named, the findings must be exactly the expected ones;
 //! - `# expect-clean: RULE`: no finding of that rule;
-//! - `# expect-no-deny`: no deny finding at all.
+//! - `# expect-no-deny`: no deny finding at all;
+//! - `# runtime: containerd|cri-o`: the policy's `runtime:` for this case.
 //!
-//! A new case is a new file.
+//! (tests/support/fixtures.rs has the whole header format; tests/oracle.rs runs
+//! the same files through the real Tailscale binaries.) A new case is a new file.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tailguard::cli::check::{Located, check_documents};
-use tailguard::config::Config;
 use tailguard::manifest::parse_stream;
 use tailguard::rules::RuleId;
 
-#[derive(Debug, Default)]
-struct Expectations {
-    exact: BTreeSet<(String, String, String, Option<String>)>,
-    clean: Vec<String>,
-    no_deny: bool,
-}
-
-fn expectations(text: &str, file: &Path) -> Expectations {
-    let mut e = Expectations::default();
-    for line in text.lines().take_while(|l| l.starts_with('#')) {
-        let words: Vec<&str> = line.trim_start_matches('#').split_whitespace().collect();
-        match words.as_slice() {
-            ["expect:", severity, rule, path] => {
-                e.exact
-                    .insert((severity.to_string(), rule.to_string(), path.to_string(), None));
-            }
-            ["expect:", severity, rule, path, object] => {
-                let object = object.strip_prefix('@').unwrap_or(object).to_string();
-                e.exact
-                    .insert((severity.to_string(), rule.to_string(), path.to_string(), Some(object)));
-            }
-            ["expect-clean:", rule] => e.clean.push(rule.to_string()),
-            ["expect-no-deny"] => e.no_deny = true,
-            [first, ..] if first.starts_with("expect") => {
-                panic!("{}: malformed header line {line:?}", file.display())
-            }
-            _ => {}
-        }
-    }
-    e
-}
-
-fn fixture_files(dir: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
-    let mut files = Vec::new();
-    let mut stack = vec![root];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|x| x == "yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::{Header, fixture_files};
 
 fn run_case(file: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
-    let expect = expectations(&text, file);
+    let expect = Header::parse(&text, file);
     if expect.exact.is_empty() && expect.clean.is_empty() && !expect.no_deny {
         return Err("no expectations in header: the case asserts nothing".into());
     }
     let (docs, errors) = parse_stream(&file.display().to_string(), &text);
-    let report = check_documents(&docs, errors, &Config::default());
+    let report = check_documents(&docs, errors, &expect.config());
     if !report.errors.is_empty() {
         return Err(format!("unreadable: {:?}", report.errors));
     }

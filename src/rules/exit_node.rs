@@ -17,7 +17,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
                     RuleId::ExitNodeHostname,
                     up.path.clone(),
                     format!(
-                        "--exit-node={exit} names the exit node by hostname: `tailscale up` refuses that while Tailscale is starting (\"cannot resolve exit node by hostname while Tailscale is starting up\"), which is exactly when containerboot runs it, so the pod crash-loops"
+                        "--exit-node={exit} names the exit node by hostname: containerboot runs `tailscale up` before Tailscale knows any peer, and it exits with `invalid value \"{exit}\" for --exit-node; must be IP or unique node name` (even when that exit node exists and is approved), so the pod crash-loops"
                     ),
                     "use the exit node's Tailscale IP (`tailscale ip -4` on the exit node), e.g. --exit-node=100.64.0.1",
                 );
@@ -26,7 +26,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
                 out.report(
                     RuleId::ExitNodeSelf,
                     up.path.clone(),
-                    format!("container `{}` both advertises an exit node (--advertise-exit-node) and uses one (--exit-node={exit}); Tailscale refuses that combination", tc.name()),
+                    format!("container `{}` both advertises an exit node (--advertise-exit-node) and uses one (--exit-node={exit}): `tailscale up` exits with \"Cannot advertise an exit node and use an exit node at the same time.\"", tc.name()),
                     "run exit nodes and exit-node clients as separate workloads (e.g. one DaemonSet pinned to the exit node, one for the other nodes)",
                 );
             }

@@ -6,13 +6,23 @@ use crate::tailscale::{UP_FLAGS, UpArgs};
 pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
     for tc in &cx.containers {
         let up = tc.up_args();
+        // `$(VAR)` left unexpanded is reported by unexpanded-variable, with
+        // its cause; an escaped `$$(VAR)` becomes literal text and is judged here.
         if let Some(up) = &up {
             unknown_flags(up, out);
-            if let Some(hostname) = up.value("hostname") {
+            if let Some(hostname) = up.value("hostname").filter(|h| !h.is_empty())
+                && !tc
+                    .env
+                    .literal("TS_EXTRA_ARGS")
+                    .is_some_and(|(i, _)| tc.has_unresolved_reference(i))
+            {
                 hostname_rule(hostname, &up.path, "--hostname", out);
             }
         }
-        if let Some((i, hostname)) = tc.env.literal("TS_HOSTNAME") {
+        if let Some((i, hostname)) = tc.env.literal("TS_HOSTNAME")
+            && !hostname.is_empty()
+            && !tc.has_unresolved_reference(i)
+        {
             hostname_rule(hostname, &tc.env_path(i), "TS_HOSTNAME", out);
         }
     }
@@ -70,43 +80,66 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn hostname_rule(hostname: &str, path: &str, source: &str, out: &mut Findings<'_>) {
-    // An unexpanded `$(VAR)` is reported by unexpanded-variable, with the cause.
-    if hostname.contains("$(") {
-        return;
-    }
     if let Err(why) = valid_hostname(hostname) {
         out.report(
             RuleId::InvalidHostname,
             path,
-            format!("{source} `{hostname}` is not a valid Tailscale hostname ({why}): `tailscale up` refuses it and the container crash-loops"),
-            "use lowercase letters, digits and dashes, 1-63 characters per label, starting and ending with a letter or digit; for per-pod names use $(POD_NAME) defined earlier from fieldRef metadata.name",
+            format!("{source} `{hostname}` is not a hostname Tailscale accepts: `tailscale up` exits with `{why}` and the container crash-loops"),
+            "use letters, digits and dashes, 1-63 characters per label, starting and ending with a letter or digit; for per-pod names use $(POD_NAME) defined earlier from fieldRef metadata.name (and `$(`, not `$$(`)",
         );
     }
 }
 
-/// Tailscale's hostname check: dot-separated DNS labels of letters, digits and
-/// dashes, each 1-63 bytes, not starting or ending with a dash; at most 253 bytes.
+/// Tailscale's hostname check (`dnsname.ValidHostname`, which `tailscale up`
+/// applies to a non-empty --hostname), with the error text it prints.
 pub fn valid_hostname(hostname: &str) -> Result<(), String> {
-    let name = hostname.strip_suffix('.').unwrap_or(hostname);
-    if name.is_empty() {
-        return Err("it is empty".into());
-    }
-    if name.len() > 253 {
-        return Err("it is longer than 253 characters".into());
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err("it has an empty label".into());
+    const MAX_NAME: usize = 253;
+    const MAX_LABEL: usize = 63;
+    // ToFQDN: an optional leading dot, an optional trailing dot, length checks.
+    let name = hostname.strip_prefix('.').unwrap_or(hostname);
+    let without_dot = name.strip_suffix('.').unwrap_or(name);
+    if !hostname.is_empty() && hostname != "." {
+        let total = name.len() + usize::from(!name.ends_with('.'));
+        if total > MAX_NAME + 1 {
+            return Err(format!("\"{without_dot}\" is too long to be a DNS name"));
         }
-        if label.len() > 63 {
-            return Err(format!("label `{label}` is longer than 63 characters"));
+        let mut labels: Vec<&str> = without_dot.split('.').collect();
+        labels.pop();
+        if let Some(label) = labels.iter().find(|l| l.is_empty() || l.len() > MAX_LABEL) {
+            return Err(format!("\"{label}\" is not a valid DNS label"));
         }
+    }
+    let fqdn = if hostname.is_empty() || hostname == "." {
+        ""
+    } else {
+        without_dot
+    };
+    for label in fqdn.split('.') {
         let bytes = label.as_bytes();
-        if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
-            return Err(format!("label `{label}` must start and end with a letter or digit"));
+        let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
+            return Err("empty DNS label".to_owned());
+        };
+        if label.len() > MAX_LABEL {
+            return Err(format!("\"{label}\" is too long, max length is {MAX_LABEL} bytes"));
         }
-        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
-            return Err(format!("`{c}` is not allowed"));
+        if !first.is_ascii_alphanumeric() {
+            return Err(format!(
+                "\"{label}\" is not a valid DNS label: must start with a letter or number"
+            ));
+        }
+        if !last.is_ascii_alphanumeric() {
+            return Err(format!(
+                "\"{label}\" is not a valid DNS label: must end with a letter or number"
+            ));
+        }
+        if let Some(c) = bytes[1..bytes.len().saturating_sub(1).max(1)]
+            .iter()
+            .find(|c| !(c.is_ascii_alphanumeric() || **c == b'-'))
+        {
+            return Err(format!(
+                "\"{label}\" is not a valid DNS label: contains invalid character '{}'",
+                char::from(*c)
+            ));
         }
     }
     Ok(())
@@ -121,9 +154,17 @@ mod tests {
         for ok in ["node-a", "a", "Node1", "exit.example", "a-b-c"] {
             assert!(valid_hostname(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "a_b", "$NODE_NAME", "a..b", &"x".repeat(64)] {
+        for bad in ["-a", "a-", "a_b", "$NODE_NAME", "a..b", &"x".repeat(64), "."] {
             assert!(valid_hostname(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            valid_hostname("$(NODE_NAME)"),
+            Err("\"$(NODE_NAME)\" is not a valid DNS label: must start with a letter or number".to_owned())
+        );
+        assert_eq!(
+            valid_hostname("a_b"),
+            Err("\"a_b\" is not a valid DNS label: contains invalid character '_'".to_owned())
+        );
     }
 
     #[test]

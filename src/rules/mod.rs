@@ -20,6 +20,7 @@ mod hygiene;
 pub mod pod_security;
 mod privileges;
 mod probes;
+mod settings;
 mod state;
 mod variables;
 
@@ -83,9 +84,8 @@ macro_rules! rules {
 rules! {
     UnexpandedVariable => "unexpanded-variable", Deny, "`$(VAR)` that Kubernetes will not expand, or shell `$VAR` where no shell runs";
     Privileged => "privileged", Deny, "kernel-mode Tailscale without the privileges it needs";
-    HostNetwork => "host-network", Deny, "kernel-mode Tailscale DaemonSet without hostNetwork";
-    TunDevice => "tun-device", Deny, "kernel mode without /dev/net/tun from the host";
-    UserspaceDefault => "userspace-default", Deny, "TUN/privileges configured but TS_USERSPACE left at its default (true)";
+    TunDevice => "tun-device", Deny, "kernel mode with no /dev/net/tun and no right to create it";
+    ContainerbootSettings => "containerboot-settings", Deny, "settings containerboot refuses at start";
     ProbeShell => "probe-shell", Deny, "exec probe written as shell without a shell, or using tools the image lacks";
     ProbeHealthzDisabled => "probe-healthz-disabled", Deny, "httpGet /healthz probe that containerboot does not serve";
     ExitNodeHostname => "exit-node-hostname", Deny, "--exit-node given a name, refused while tailscale starts";
@@ -95,6 +95,9 @@ rules! {
     InvalidHostname => "invalid-hostname", Deny, "--hostname/TS_HOSTNAME that Tailscale rejects";
     UnknownUpFlag => "unknown-up-flag", Deny, "TS_EXTRA_ARGS token that `tailscale up` does not accept";
     PodSecurityLevel => "pod-security-level", Deny, "pods need more than the namespace's Pod Security level allows";
+    HostNetwork => "host-network", Warn, "kernel-mode Tailscale DaemonSet without hostNetwork: it routes the pod, not the node";
+    UserspaceDefault => "userspace-default", Warn, "TUN/privileges configured but TS_USERSPACE left at its default (true)";
+    IpForwarding => "ip-forwarding", Warn, "subnet router, exit node or proxy that needs IP forwarding it cannot turn on";
     AuthOnceExtraArgs => "auth-once-extra-args", Warn, "TS_AUTH_ONCE=true: TS_EXTRA_ARGS is not re-applied on restart";
     ExitNodeUnpinned => "exit-node-unpinned", Warn, "DaemonSet makes every node an exit node";
     LanAccess => "lan-access", Warn, "kernel-mode exit-node client without --exit-node-allow-lan-access";
@@ -166,6 +169,7 @@ impl NamespaceFacts {
 
 /// What a rule family sees.
 pub struct Context<'a> {
+    pub config: &'a Config,
     pub workload: &'a Workload,
     pub namespace: &'a NamespaceFacts,
     pub containers: Vec<TailscaleContainer<'a>>,
@@ -318,6 +322,7 @@ pub fn evaluate(workload: &Workload, config: &Config, namespace: &NamespaceFacts
         return Vec::new();
     }
     let cx = Context {
+        config,
         workload,
         namespace,
         containers,
@@ -332,6 +337,7 @@ pub fn evaluate(workload: &Workload, config: &Config, namespace: &NamespaceFacts
     privileges::check(&cx, &mut findings);
     pod_security::check(&cx, &mut findings);
     probes::check(&cx, &mut findings);
+    settings::check(&cx, &mut findings);
     exit_node::check(&cx, &mut findings);
     state::check(&cx, &mut findings);
     auth::check(&cx, &mut findings);

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::variables::shell_name;
 use super::{Context, Findings, RuleId};
 use crate::config::{DEFAULT_IMAGES, image_repository};
-use crate::tailscale::{DEFAULT_HEALTH_PORT, EnvValue, TailscaleContainer};
+use crate::tailscale::{DEFAULT_HEALTH_PORT, Setting, TailscaleContainer};
 
 const HEALTHZ_FORM: &str = "set TS_ENABLE_HEALTH_CHECK=\"true\" and probe it with httpGet {path: /healthz, port: 9002}";
 
@@ -21,6 +21,7 @@ const SHELL_SYNTAX: &[&str] = &["|", "&&", "||", ";", ">", "<", "`", "$("];
 const MISSING_TOOLS: &[&str] = &["bash", "curl", "jq", "python", "python3", "dig", "kubectl"];
 
 pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
+    let host_network = cx.workload.pod.host_network == Some(true);
     for tc in &cx.containers {
         let c = tc.container;
         for (field, probe) in [
@@ -31,7 +32,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
             let Some(probe) = probe else { continue };
             let path = format!("{}.{field}", tc.path);
             exec_probe(tc, probe, &path, out);
-            healthz_probe(tc, probe, &path, out);
+            healthz_probe(tc, probe, &path, host_network, out);
         }
     }
 }
@@ -112,57 +113,94 @@ fn missing_tool(tc: &TailscaleContainer<'_>, tool: &str, path: &str, out: &mut F
     }
 }
 
-fn healthz_probe(tc: &TailscaleContainer<'_>, probe: &Probe, path: &str, out: &mut Findings<'_>) {
+fn healthz_probe(tc: &TailscaleContainer<'_>, probe: &Probe, path: &str, host_network: bool, out: &mut Findings<'_>) {
     let Some(http) = &probe.http_get else { return };
     if !http.path.as_deref().unwrap_or("/").starts_with("/healthz") {
         return;
     }
-    // Where containerboot serves /healthz, if it does: TS_ENABLE_HEALTH_CHECK
-    // on TS_LOCAL_ADDR_PORT, or the deprecated TS_HEALTHCHECK_ADDR_PORT.
-    let (addr_var, addr) = match (
-        tc.env.get("TS_HEALTHCHECK_ADDR_PORT"),
-        tc.env.get("TS_ENABLE_HEALTH_CHECK"),
-    ) {
-        (Some((_, EnvValue::External)), _) | (_, Some((_, EnvValue::External))) => return,
-        (Some((i, EnvValue::Known(v))), _) if !v.is_empty() => (i, v.clone()),
-        (_, enabled) => {
-            let on =
-                matches!(enabled, Some((_, EnvValue::Known(v))) if crate::tailscale::parse_go_bool(v) == Some(true));
-            if !on {
-                let at = enabled.map_or_else(|| format!("{}.env", tc.path), |(i, _)| tc.env_path(i));
-                out.report(
-                    RuleId::ProbeHealthzDisabled,
-                    format!("{path}.httpGet"),
-                    format!(
-                        "the probe asks for /healthz, but containerboot serves it only when TS_ENABLE_HEALTH_CHECK=true ({at} does not enable it): the probe never passes"
-                    ),
-                    HEALTHZ_FORM,
-                );
-                return;
+    // Where containerboot serves /healthz, if it does: the deprecated
+    // TS_HEALTHCHECK_ADDR_PORT, or TS_LOCAL_ADDR_PORT (default [::]:9002) with
+    // TS_ENABLE_HEALTH_CHECK=true.
+    let (served_at, addr) = match tc.env.setting("TS_HEALTHCHECK_ADDR_PORT") {
+        Setting::Unknown(_) => return,
+        Setting::Known(i, v) if !v.is_empty() => (format!("{v} ({})", tc.env_path(i)), v.to_owned()),
+        _ => {
+            let enabled = tc.env.setting("TS_ENABLE_HEALTH_CHECK");
+            match enabled.bool_or(false) {
+                None => return,
+                Some(false) => {
+                    let at = enabled
+                        .index()
+                        .map_or_else(|| format!("{}.env", tc.path), |i| tc.env_path(i));
+                    out.report(
+                        RuleId::ProbeHealthzDisabled,
+                        format!("{path}.httpGet"),
+                        format!(
+                            "the probe asks for /healthz, but containerboot serves it only when TS_ENABLE_HEALTH_CHECK=true ({at} does not enable it): the probe never passes"
+                        ),
+                        HEALTHZ_FORM,
+                    );
+                    return;
+                }
+                Some(true) => {}
             }
-            match tc.env.get("TS_LOCAL_ADDR_PORT") {
-                Some((_, EnvValue::External)) => return,
-                Some((i, EnvValue::Known(v))) => (i, v.clone()),
-                None => (usize::MAX, format!("[::]:{DEFAULT_HEALTH_PORT}")),
+            match tc.env.setting("TS_LOCAL_ADDR_PORT") {
+                Setting::Unknown(_) => return,
+                Setting::Unset => (
+                    format!("[::]:{DEFAULT_HEALTH_PORT} (the default)"),
+                    format!("[::]:{DEFAULT_HEALTH_PORT}"),
+                ),
+                Setting::Known(i, "") => {
+                    out.report(
+                        RuleId::ProbeHealthzDisabled,
+                        format!("{path}.httpGet"),
+                        format!(
+                            "the probe asks for /healthz, but TS_LOCAL_ADDR_PORT is empty ({}), so containerboot serves nothing: the probe never passes",
+                            tc.env_path(i)
+                        ),
+                        "remove TS_LOCAL_ADDR_PORT (the default is [::]:9002) or set it to an address and port",
+                    );
+                    return;
+                }
+                Setting::Known(i, v) => (format!("{v} ({})", tc.env_path(i)), v.to_owned()),
             }
         }
     };
-    let Some((host, port)) = split_host_port(&addr) else {
+    let Some((listen_host, port)) = split_host_port(&addr) else {
         return;
     };
-    let served_at = if addr_var == usize::MAX {
-        format!("{addr} (the default)")
-    } else {
-        format!("{addr} ({})", tc.env_path(addr_var))
+    let Ok(listen_ip) = listen_host.parse::<IpAddr>() else {
+        return;
     };
-    if let Ok(ip) = host.parse::<IpAddr>()
-        && ip.is_loopback()
-    {
+    // The kubelet probes from the node's network namespace: `host`, or the pod IP.
+    let probe_host = http.host.as_deref().filter(|h| !h.is_empty());
+    let probe_loopback =
+        probe_host.is_some_and(|h| h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+    let reachable = match (listen_ip.is_unspecified(), listen_ip.is_loopback(), probe_host) {
+        // Listening everywhere: the pod IP answers; loopback only when the pod shares the node's network.
+        (true, _, None) => Some(true),
+        (true, _, Some(_)) if probe_loopback => Some(host_network),
+        // Listening on loopback only: reached from the node only through a shared network namespace.
+        (_, true, _) => Some(host_network && probe_loopback),
+        // A probe to a named host or another address, or a listener on one address: cannot tell.
+        _ => None,
+    };
+    if reachable == Some(false) {
+        let (target, hint) = match probe_host {
+            Some(h) => (
+                format!("`{h}`, which the kubelet resolves in the node's network namespace, not the pod's"),
+                "drop httpGet.host (the kubelet then probes the pod IP) and listen on all addresses (TS_LOCAL_ADDR_PORT=[::]:9002)",
+            ),
+            None => (
+                "the pod IP".to_owned(),
+                "listen on all addresses (TS_LOCAL_ADDR_PORT=[::]:9002) or on $(POD_IP):9002 with POD_IP from fieldRef status.podIP",
+            ),
+        };
         out.report(
             RuleId::ProbeHealthzDisabled,
             format!("{path}.httpGet"),
-            format!("containerboot serves /healthz on {served_at}, a loopback address, but the kubelet probes the pod IP: the probe never passes"),
-            "listen on all addresses (TS_LOCAL_ADDR_PORT=[::]:9002) or on $(POD_IP):9002 with POD_IP from fieldRef status.podIP",
+            format!("containerboot serves /healthz on {served_at}, but the kubelet probes {target}, where nothing listens: the probe never passes"),
+            hint,
         );
         return;
     }

@@ -11,6 +11,8 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
     };
     for tc in &cx.containers {
         let (path, secret) = match tc.env.get("TS_KUBE_SECRET") {
+            // envFrom may set it: unknown, not the default.
+            None if tc.env.has_env_from => continue,
             None => (format!("{}.env", tc.path), "`tailscale`".to_owned()),
             Some((i, EnvValue::Known(v))) if !v.is_empty() => (tc.env_path(i), format!("`{v}`")),
             Some((i, EnvValue::External)) if !per_pod(tc, i, cx.workload.kind) => {
