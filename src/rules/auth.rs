@@ -1,8 +1,9 @@
-//! Auth keys: `literal-auth-key` and `auth-once-extra-args`. Messages never
-//! repeat a key's value.
+//! Auth keys: `literal-auth-key`, `auth-key-file` and `auth-once-extra-args`.
+//! Messages never repeat a key's value.
 
 use super::{Context, Findings, RuleId};
-use crate::tailscale::EnvValue;
+use crate::config::{DEFAULT_IMAGES, image_repository};
+use crate::tailscale::{EnvValue, TailscaleContainer};
 
 const SECRET_VARS: &[&str] = &["TS_AUTHKEY", "TS_AUTH_KEY", "TS_CLIENT_SECRET"];
 const SECRET_FLAGS: &[&str] = &["auth-key", "authkey", "client-secret"];
@@ -48,6 +49,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
                 }
             }
         }
+        auth_key_file(tc, out);
         if tc.env.bool("TS_AUTH_ONCE") == Some(true)
             && let Some((i, extra)) = tc.env.literal("TS_EXTRA_ARGS")
             && !extra.trim().is_empty()
@@ -59,5 +61,36 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
                 "unset TS_AUTH_ONCE if TS_EXTRA_ARGS must apply on every start, or use settings containerboot re-applies (TS_ROUTES, TS_HOSTNAME)",
             );
         }
+    }
+}
+
+/// `TS_AUTHKEY=file:PATH`: `tailscale up` reads PATH at the first login. The
+/// official image holds no such file, so it must come from a volume.
+fn auth_key_file(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
+    let Some((i, path)) = ["TS_AUTHKEY", "TS_AUTH_KEY"]
+        .iter()
+        .find_map(|name| tc.env.literal(name))
+        .and_then(|(i, v)| Some((i, v.strip_prefix("file:")?)))
+    else {
+        return;
+    };
+    let mounted = tc.container.volume_mounts.iter().flatten().any(|m| {
+        let dir = m.mount_path.trim_end_matches('/');
+        path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/')) || dir.is_empty()
+    });
+    if mounted {
+        return;
+    }
+    let message = format!(
+        "the auth key is read from {path}, but no volume of container `{}` is mounted there: `tailscale up` exits with \"open {path}: no such file or directory\" at the first login",
+        tc.name()
+    );
+    let hint = "mount the Secret holding the key (a secret volume) at that directory, or use valueFrom.secretKeyRef";
+    let image = tc.container.image.as_deref().unwrap_or_default();
+    // A derived image may carry the file; the official ones do not.
+    if DEFAULT_IMAGES.contains(&image_repository(image)) {
+        out.report(RuleId::AuthKeyFile, tc.env_path(i), message, hint);
+    } else {
+        out.report_uncertain(RuleId::AuthKeyFile, tc.env_path(i), message, hint);
     }
 }

@@ -1,7 +1,7 @@
 //! `tailscale up` arguments: `unknown-up-flag` and `invalid-hostname`.
 
 use super::{Context, Findings, RuleId};
-use crate::tailscale::{UP_FLAGS, UpArgs};
+use crate::tailscale::{Setting, TailscaleContainer, UP_FLAGS, UpArgs};
 
 pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
     for tc in &cx.containers {
@@ -10,6 +10,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
         // its cause; an escaped `$$(VAR)` becomes literal text and is judged here.
         if let Some(up) = &up {
             unknown_flags(up, out);
+            repeated_flags(tc, up, out);
             if let Some(hostname) = up.value("hostname").filter(|h| !h.is_empty())
                 && !tc
                     .env
@@ -34,7 +35,7 @@ fn unknown_flags(up: &UpArgs, out: &mut Findings<'_>) {
             let name = token.trim_start_matches('-').split('=').next().unwrap_or_default();
             (
                 format!(
-                    "`{token}` is not a `tailscale up` flag (Tailscale 1.96): tailscale up exits with \"flag provided but not defined\" and the container crash-loops"
+                    "`{token}` is not a `tailscale up` flag (Tailscale 1.96): tailscale up exits with `flag provided but not defined: -{name}` and the container crash-loops"
                 ),
                 match closest_flag(name) {
                     Some(known) => format!(
@@ -52,6 +53,71 @@ fn unknown_flags(up: &UpArgs, out: &mut Findings<'_>) {
             )
         };
         out.report(RuleId::UnknownUpFlag, up.path.clone(), message, hint);
+    }
+}
+
+/// `tailscale up` accepts each flag once ("flag provided multiple times").
+/// containerboot passes some itself, from its settings, before TS_EXTRA_ARGS:
+/// --accept-dns always (taking the first `--accept-dns` of TS_EXTRA_ARGS over),
+/// --authkey, --client-id, --client-secret, --id-token and --audience when
+/// set, --advertise-routes when TS_ROUTES is set (even empty), --hostname when
+/// TS_HOSTNAME is not empty.
+fn repeated_flags(tc: &TailscaleContainer<'_>, up: &UpArgs, out: &mut Findings<'_>) {
+    let mut passed: Vec<(&str, String)> = vec![("accept-dns", "TS_ACCEPT_DNS".to_owned())];
+    // TS_AUTHKEY wins over TS_AUTH_KEY when both are set.
+    let auth_key_var = match tc.env.setting("TS_AUTHKEY") {
+        Setting::Unset => "TS_AUTH_KEY",
+        _ => "TS_AUTHKEY",
+    };
+    for (name, var) in [
+        ("auth-key", auth_key_var),
+        ("client-id", "TS_CLIENT_ID"),
+        ("client-secret", "TS_CLIENT_SECRET"),
+        ("id-token", "TS_ID_TOKEN"),
+        ("audience", "TS_AUDIENCE"),
+        ("hostname", "TS_HOSTNAME"),
+        ("advertise-routes", "TS_ROUTES"),
+    ] {
+        let set = match tc.env.setting(var) {
+            Setting::Known(_, v) => !v.is_empty() || var == "TS_ROUTES",
+            // From a Secret or fieldRef: set, and not empty in any working setup.
+            Setting::Unknown(Some(_)) => true,
+            Setting::Unknown(None) | Setting::Unset => false,
+        };
+        if set {
+            passed.push((name, var.to_owned()));
+        }
+    }
+    let mut accept_dns_taken = false;
+    for (raw_name, value) in &up.flags {
+        let name = canonical_flag(raw_name);
+        // parseAcceptDNS removes the first --accept-dns[=bool] from TS_EXTRA_ARGS.
+        if name == "accept-dns" && !accept_dns_taken && raw_name.as_str() == "accept-dns" {
+            let parses = value
+                .as_deref()
+                .is_none_or(|v| crate::tailscale::parse_go_bool(v).is_some());
+            if parses {
+                accept_dns_taken = true;
+                continue;
+            }
+        }
+        if let Some((_, from)) = passed.iter().find(|(n, _)| *n == name) {
+            let message = format!(
+                "TS_EXTRA_ARGS passes --{raw_name}, which containerboot already passes to `tailscale up` (from {from}): it accepts a flag once and exits with `flag provided multiple times`"
+            );
+            let hint = format!("set it in one place only: {from}, or --{name} in TS_EXTRA_ARGS");
+            out.report(RuleId::UnknownUpFlag, up.path.clone(), message, hint);
+        }
+        passed.push((name, "an earlier TS_EXTRA_ARGS flag".to_owned()));
+    }
+}
+
+/// The name `tailscale up` knows a flag by (its CleanUpArgs rewrites the old spellings).
+fn canonical_flag(name: &str) -> &str {
+    match name {
+        "authkey" => "auth-key",
+        "posture-checking" => "report-posture",
+        other => other,
     }
 }
 

@@ -92,6 +92,7 @@ rules! {
     ExitNodeSelf => "exit-node-self", Deny, "one node both advertises and uses an exit node";
     SharedStateSecret => "shared-state-secret", Deny, "several pods share one TS_KUBE_SECRET (machine key cloning)";
     LiteralAuthKey => "literal-auth-key", Deny, "auth key written into the manifest";
+    AuthKeyFile => "auth-key-file", Deny, "`file:` auth key at a path no volume provides";
     InvalidHostname => "invalid-hostname", Deny, "--hostname/TS_HOSTNAME that Tailscale rejects";
     UnknownUpFlag => "unknown-up-flag", Deny, "TS_EXTRA_ARGS token that `tailscale up` does not accept";
     PodSecurityLevel => "pod-security-level", Deny, "pods need more than the namespace's Pod Security level allows";
@@ -103,6 +104,20 @@ rules! {
     LanAccess => "lan-access", Warn, "kernel-mode exit-node client without --exit-node-allow-lan-access";
     ImageTag => "image-tag", Warn, "Tailscale image with `latest` or no tag";
     Resources => "resources", Warn, "Tailscale container without resource limits";
+}
+
+impl RuleId {
+    /// Whether a deny from this rule claims that the real Tailscale runtime
+    /// fails (exits, never passes a probe, misbehaves): what tests/oracle.rs
+    /// checks against the real binaries. The others are policy (a key in the
+    /// manifest, resource limits, the image tag) or the apiserver's own
+    /// refusal (Pod Security), checked elsewhere.
+    pub fn is_runtime_claim(self) -> bool {
+        !matches!(
+            self,
+            RuleId::LiteralAuthKey | RuleId::PodSecurityLevel | RuleId::ImageTag | RuleId::Resources
+        )
+    }
 }
 
 impl fmt::Display for RuleId {

@@ -68,10 +68,11 @@ fn net_admin(tc: &TailscaleContainer<'_>, privileges: &Privileges<'_>, out: &mut
     if privileges.has("NET_ADMIN") != Has::No {
         return;
     }
-    let (path, why, hint) = if privileges.root() {
+    let (path, why, printed, hint) = if privileges.root() {
         (
             format!("{}.securityContext.capabilities.add", tc.path),
             "without NET_ADMIN".to_owned(),
+            "operation not permitted",
             "add securityContext.capabilities.add: [NET_ADMIN] (or privileged: true), or use userspace mode (TS_USERSPACE=true)",
         )
     } else {
@@ -81,6 +82,7 @@ fn net_admin(tc: &TailscaleContainer<'_>, privileges: &Privileges<'_>, out: &mut
                 "as user {} (Kubernetes gives a non-root process no capabilities, whatever capabilities.add says)",
                 privileges.run_as_user.unwrap_or_default()
             ),
+            "permission denied",
             "run this container as root (runAsUser: 0) with NET_ADMIN, or use userspace mode (TS_USERSPACE=true), which needs no privileges",
         )
     };
@@ -88,7 +90,7 @@ fn net_admin(tc: &TailscaleContainer<'_>, privileges: &Privileges<'_>, out: &mut
         RuleId::Privileged,
         path,
         format!(
-            r#"container `{}` runs Tailscale in kernel mode (TS_USERSPACE=false) {why}: tailscaled cannot create the tailscale0 interface (`tstun.New("tailscale0"): operation not permitted`) and containerboot exits"#,
+            r#"container `{}` runs Tailscale in kernel mode (TS_USERSPACE=false) {why}: tailscaled cannot create the tailscale0 interface (`tstun.New("tailscale0"): {printed}`) and containerboot never starts"#,
             tc.name()
         ),
         hint,

@@ -112,8 +112,10 @@ fn check_env(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Finding
                     RuleId::UnexpandedVariable,
                     path.clone(),
                     format!(
-                        "{} contains `{shell_ref}`, but containerboot reads {} without a shell, so Tailscale gets the text `{shell_ref}` itself",
-                        var.name, var.name
+                        "{} contains `{shell_ref}`, but containerboot reads {} without a shell, so Tailscale gets the text `{shell_ref}` itself{}",
+                        var.name,
+                        var.name,
+                        hostname_consequence(tc, &var.name, shell_ref)
                     ),
                     format!(
                         "use Kubernetes' syntax `$({})` with that variable defined earlier in env",
@@ -125,14 +127,32 @@ fn check_env(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Finding
     }
 }
 
+/// What `tailscale up` prints when the unexpanded text reaches a hostname
+/// (TS_HOSTNAME, or --hostname in TS_EXTRA_ARGS), the usual place for it.
+fn hostname_consequence(tc: &TailscaleContainer<'_>, field: &str, text: &str) -> String {
+    let hostname = match field {
+        "TS_HOSTNAME" => tc.env.literal("TS_HOSTNAME").map(|(_, v)| v.to_owned()),
+        "TS_EXTRA_ARGS" => tc.up_args().and_then(|up| up.value("hostname").map(str::to_owned)),
+        _ => None,
+    };
+    match hostname.filter(|h| h.contains(text)) {
+        Some(h) => match super::flags::valid_hostname(&h) {
+            Err(why) => format!(": `tailscale up` exits with `{why}`"),
+            Ok(()) => String::new(),
+        },
+        None => String::new(),
+    }
+}
+
 fn report(tc: &TailscaleContainer<'_>, path: &str, field: &str, name: &str, why: Unresolved, out: &mut Findings<'_>) {
     let container = tc.name();
+    let consequence = hostname_consequence(tc, field, &format!("$({name})"));
     match why {
         Unresolved::Later(j) => out.report(
             RuleId::UnexpandedVariable,
             path,
             format!(
-                "{field} uses `$({name})`, but {name} is defined later (env[{j}]); Kubernetes expands only variables defined earlier in the list, so the text `$({name})` is passed on as is"
+                "{field} uses `$({name})`, but {name} is defined later (env[{j}]); Kubernetes expands only variables defined earlier in the list, so the text `$({name})` is passed on as is{consequence}"
             ),
             format!("move env[{j}] ({name}) above {field} in container `{container}`"),
         ),
@@ -140,7 +160,7 @@ fn report(tc: &TailscaleContainer<'_>, path: &str, field: &str, name: &str, why:
             RuleId::UnexpandedVariable,
             path,
             format!(
-                "`$({name})` is not an env var of container `{container}`, so Kubernetes leaves the text `$({name})` unexpanded"
+                "`$({name})` is not an env var of container `{container}`, so Kubernetes leaves the text `$({name})` unexpanded{consequence}"
             ),
             format!(
                 "define {name} in this container's env before it is used (e.g. valueFrom.fieldRef.fieldPath: spec.nodeName), or write `$$({name})` if you mean the literal text"
@@ -158,7 +178,14 @@ fn report(tc: &TailscaleContainer<'_>, path: &str, field: &str, name: &str, why:
 fn check_command_and_args(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Findings<'_>) {
     let c = tc.container;
     let shell = runs_shell(c);
-    for (field, list) in [("command", &c.command), ("args", &c.args)] {
+    // containerboot reads no arguments: with the image's entrypoint, `args`
+    // (expanded or not) reach nothing that uses them.
+    let args = if c.command.as_ref().is_none_or(Vec::is_empty) {
+        &None
+    } else {
+        &c.args
+    };
+    for (field, list) in [("command", &c.command), ("args", args)] {
         let Some(list) = list else { continue };
         for (i, item) in list.iter().enumerate() {
             let path = format!("{}.{field}[{i}]", tc.path);
