@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the test tools (helm,
-# kubectl, the tailscale CLI, kubernetes-validate) and builds kube-apiserver
-# and etcd from the Go module proxy (cached by version under
+# kubectl, the tailscale CLI, kubernetes-validate), builds kube-apiserver
+# and etcd and the runtime oracle (the real containerboot, tailscaled and
+# tailscale of the pinned release) from the Go module proxy (cached by version under
 # ${TAILGUARD_CACHE:-~/.cache/tailguard}), then runs fmt, clippy and every test
 # with missing tools treated as failures, not skips, and the dependency policy
 # (scripts/deny.sh: licenses, bans, sources).
@@ -12,6 +13,7 @@ start=$(date +%s)
 set -a
 eval "$(scripts/install-tools.sh)"
 eval "$(scripts/build-kube.sh)"
+eval "$(scripts/build-oracle.sh)"
 TAILGUARD_REQUIRE_TOOLS=1
 set +a
 echo "test.sh: tools ready in $(( $(date +%s) - start ))s" >&2

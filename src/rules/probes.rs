@@ -74,6 +74,7 @@ fn exec_probe(tc: &TailscaleContainer<'_>, probe: &Probe, path: &str, out: &mut 
     } else if let Some(s) = shell.filter(|s| *s == "bash") {
         missing_tool(tc, s, &format!("{path}.exec.command[0]"), out);
     }
+    compact_json_grep(command, path, out);
     // The program itself and every word of a shell script.
     let words: Vec<(usize, &str)> = command
         .iter()
@@ -90,6 +91,39 @@ fn exec_probe(tc: &TailscaleContainer<'_>, probe: &Probe, path: &str, out: &mut 
             missing_tool(tc, base, &format!("{path}.exec.command[{i}]"), out);
             return;
         }
+    }
+}
+
+/// `tailscale status --json | grep '"Key":"Value"'`: the CLI prints indented
+/// JSON, with a space after every colon, so a compact pattern never matches.
+fn compact_json_grep(command: &[String], path: &str, out: &mut Findings<'_>) {
+    for (i, arg) in command.iter().enumerate() {
+        let Some(json_at) = arg.find("tailscale status") else {
+            continue;
+        };
+        let rest = &arg[json_at..];
+        let Some(grep_at) = rest.find("grep") else {
+            continue;
+        };
+        let (status, grep) = rest.split_at(grep_at);
+        if !status.contains("--json") && !status.contains("-json") {
+            continue;
+        }
+        let Some(pattern) = ["\":\"", "\":true", "\":false", "\":["]
+            .into_iter()
+            .find(|p| grep.contains(p))
+        else {
+            continue;
+        };
+        out.report(
+            RuleId::ProbeShell,
+            format!("{path}.exec.command[{i}]"),
+            format!(
+                "the probe greps `tailscale status --json` for compact JSON (`{pattern}` with no space), but the CLI prints indented JSON with a space after each colon (`\"BackendState\": \"Running\"`): the pattern never matches and the probe always fails"
+            ),
+            format!("match the printed form (a space after the colon), or better: {HEALTHZ_FORM}"),
+        );
+        return;
     }
 }
 

@@ -12,6 +12,9 @@
 //!   oracle must observe (outcomes as in tests/oracle/README.md); the text, when
 //!   given, must appear in what the container printed;
 //! - `# oracle-skip: REASON`: the oracle cannot emulate this case (said why);
+//! - `# oracle-depends: FACT: WHY`: the outcome turns on a fact outside the
+//!   workload (the cluster's RBAC, a node's sysctl allowlist) that neither
+//!   `check` nor the webhook can see: a failure there is not a missed deny;
 //! - `# oracle-peer: IP name=NAME [exit-node] [approved]`: a tailnet node the
 //!   manifest refers to;
 //! - `# oracle-value: secret/NAME/KEY=VALUE` (or `configmap/...`): a value the
@@ -35,6 +38,7 @@ pub struct Header {
     pub runtime: Option<String>,
     pub oracle: Vec<OracleExpect>,
     pub oracle_skip: Option<String>,
+    pub oracle_depends: Option<String>,
     pub peers: Vec<Peer>,
     pub values: BTreeMap<String, String>,
 }
@@ -97,6 +101,7 @@ impl Header {
                     });
                 }
                 ["oracle-skip:", ..] => h.oracle_skip = Some(rest("oracle-skip:")),
+                ["oracle-depends:", ..] => h.oracle_depends = Some(rest("oracle-depends:")),
                 ["oracle-peer:", ip, more @ ..] => {
                     let name = more
                         .iter()

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/tailscale/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Addresses of the emulated node and pod. 198.18.0.0/15 is reserved for
+// benchmarking and never routed; everything stays inside the case's private
+// network namespaces anyway.
+const (
+	nodeIP     = "198.18.0.1"
+	podIP      = "198.18.0.2"
+	netBits    = "/24"
+	uplinkNode = "198.18.1.1"   // the node's side of its "uplink"
+	uplinkGW   = "198.18.1.254" // the upstream router: answers everything with ICMP unreachable
+	kubePort   = "443"          // the in-namespace port of the apiserver forwarder
+)
+
+// noDAD makes IPv6 link-local addresses of new interfaces in the current
+// network namespace valid at once: otherwise duplicate address detection
+// finishes a second or two after the containers started, and tailscaled
+// treats that as a link change (it drops its control connection), which a
+// real pod, whose network is set up long before, does not see.
+func noDAD() {
+	for _, f := range []string{"all", "default"} {
+		os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/accept_dad", []byte("0"), 0o644)
+	}
+}
+
+func linkUp(name string) (netlink.Link, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("link %s: %w", name, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return nil, fmt.Errorf("link %s up: %w", name, err)
+	}
+	return l, nil
+}
+
+func addAddr(l netlink.Link, cidr string) error {
+	a, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(l, a); err != nil {
+		return fmt.Errorf("addr %s on %s: %w", cidr, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// sandbox is a process holding network (and UTS, IPC) namespaces: the
+// pod's "pause" process, or the node's upstream router.
+type sandbox struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+	pid   int
+}
+
+func (s *sandbox) nsPath(kind string) string { return fmt.Sprintf("/proc/%d/ns/%s", s.pid, kind) }
+
+// startSandbox starts a namespace holder (role "pod" or "router") and wires
+// it to the node namespace (this process's) with a veth pair: nodeName here
+// with nodeCIDR, eth0 in the new namespace.
+func startSandbox(self, role, hostname, kubeSock, sysctls, nodeName, nodeCIDR string) (*sandbox, error) {
+	if sysctls == "" {
+		sysctls = "-"
+	}
+	cmd := exec.Command(self, "sandbox", role, hostname, kubeSock, sysctls)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+		Pdeathsig:  syscall.SIGKILL,
+	}
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	outp, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s sandbox: %w", role, err)
+	}
+	s := &sandbox{cmd: cmd, stdin: in, out: bufio.NewReader(outp), pid: cmd.Process.Pid}
+	if err := s.expect("lo"); err != nil {
+		return nil, err
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: nodeName},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsPid(s.pid),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("creating veth pair: %w", err)
+	}
+	l, err := linkUp(nodeName)
+	if err != nil {
+		return nil, err
+	}
+	if err := addAddr(l, nodeCIDR); err != nil {
+		return nil, err
+	}
+	if _, err := io.WriteString(in, "eth0\n"); err != nil {
+		return nil, err
+	}
+	if err := s.expect("ready"); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// nodeDefaultRoute makes the node namespace route like a node: forwarding on,
+// default route through the upstream router (which rejects everything, so
+// nothing can leave and failures are immediate).
+func nodeDefaultRoute() error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return err
+	}
+	return netlink.RouteAdd(&netlink.Route{Dst: defaultDst(), Gw: net.ParseIP(uplinkGW)})
+}
+
+func defaultDst() *net.IPNet { return &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)} }
+
+func (s *sandbox) expect(word string) error {
+	line, err := s.out.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("sandbox: waiting for %q: %v", word, err)
+	}
+	if got := strings.TrimSpace(line); got != word {
+		return fmt.Errorf("sandbox: got %q, want %q", got, word)
+	}
+	return nil
+}
+
+// cmdSandbox runs inside fresh network, UTS and IPC namespaces: role "pod"
+// is the pod's network (eth0 198.18.0.2/24, default route via the node);
+// role "router" is the node's upstream (eth0 198.18.1.254/24, forwarding, and
+// an unreachable default route: whatever tries to leave gets an ICMP error).
+func cmdSandbox(args []string) error {
+	if len(args) != 4 {
+		return fmt.Errorf("want: sandbox ROLE HOSTNAME KUBESOCK SYSCTLS")
+	}
+	role, hostname, kubeSock, sysctls := args[0], args[1], args[2], args[3]
+	if err := unix.Sethostname([]byte(hostname)); err != nil {
+		return fmt.Errorf("sethostname: %w", err)
+	}
+	noDAD()
+	if _, err := linkUp("lo"); err != nil {
+		return err
+	}
+	fmt.Println("lo")
+	in := bufio.NewReader(os.Stdin)
+	if _, err := in.ReadString('\n'); err != nil {
+		return err
+	}
+	l, err := linkUp("eth0")
+	if err != nil {
+		return err
+	}
+	switch role {
+	case "pod":
+		if err := addAddr(l, podIP+netBits); err != nil {
+			return err
+		}
+		if err := netlink.RouteAdd(&netlink.Route{Dst: defaultDst(), Gw: net.ParseIP(nodeIP), LinkIndex: l.Attrs().Index}); err != nil {
+			return fmt.Errorf("pod default route: %w", err)
+		}
+		// A new network namespace copies IPv4 forwarding from the node's
+		// initial namespace (net.core.devconf_inherit_init_net=0, the
+		// default), and Kubernetes nodes forward; IPv6 starts off.
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("pod ip_forward: %w", err)
+		}
+		// The pod's (safe) sysctls, set by the runtime in the pod's namespaces.
+		if sysctls != "-" {
+			for _, kv := range strings.Split(sysctls, "\n") {
+				name, val, _ := strings.Cut(kv, "=")
+				if err := os.WriteFile(sysctlPath(name), []byte(val), 0o644); err != nil {
+					return fmt.Errorf("sysctl %s: %w", name, err)
+				}
+			}
+		}
+		if kubeSock != "" && kubeSock != "-" {
+			if err := serveUnixRelay("127.0.0.1:"+kubePort, kubeSock); err != nil {
+				return err
+			}
+		}
+	case "router":
+		if err := addAddr(l, uplinkGW+netBits); err != nil {
+			return err
+		}
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+			return err
+		}
+		_, podNet, _ := net.ParseCIDR(nodeIP + netBits)
+		if err := netlink.RouteAdd(&netlink.Route{Dst: podNet, Gw: net.ParseIP(uplinkNode), LinkIndex: l.Attrs().Index}); err != nil {
+			return fmt.Errorf("router route: %w", err)
+		}
+		if err := netlink.RouteAdd(&netlink.Route{Dst: defaultDst(), Type: unix.RTN_UNREACHABLE}); err != nil {
+			return fmt.Errorf("router unreachable route: %w", err)
+		}
+	default:
+		return fmt.Errorf("unknown sandbox role %q", role)
+	}
+	fmt.Println("ready")
+	// Hold the namespaces until the case ends (stdin closes or we are killed).
+	io.Copy(io.Discard, in)
+	return nil
+}
+
+// serveUnixRelay listens on TCP addr and relays every connection to the unix
+// socket at sock (which the outer process relays to the host's apiserver).
+func serveUnixRelay(addr, sock string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("kube relay listen %s: %w", addr, err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				u, err := net.Dial("unix", sock)
+				if err != nil {
+					c.Close()
+					return
+				}
+				pipeConns(c, u)
+			}()
+		}
+	}()
+	return nil
+}
+
+// pipeConns copies both ways until both directions are done.
+func pipeConns(a, b net.Conn) {
+	var wg sync.WaitGroup
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+	}
+	wg.Add(2)
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+	a.Close()
+	b.Close()
+}
+
+// sysctlPath maps a sysctl name (dots or slashes) to its /proc/sys file.
+func sysctlPath(name string) string {
+	if !strings.Contains(name, "/") {
+		name = strings.ReplaceAll(name, ".", "/")
+	}
+	return "/proc/sys/" + strings.TrimPrefix(name, "/")
+}
+
+// safeSysctls are the sysctls a default kubelet (1.34) allows; anything else
+// needs --allowed-unsafe-sysctls on the node, which the emulated node lacks.
+var safeSysctls = map[string]bool{
+	"kernel.shm_rmid_forced":              true,
+	"net.ipv4.ip_local_port_range":        true,
+	"net.ipv4.tcp_syncookies":             true,
+	"net.ipv4.ping_group_range":           true,
+	"net.ipv4.ip_unprivileged_port_start": true,
+	"net.ipv4.ip_local_reserved_ports":    true,
+	"net.ipv4.tcp_keepalive_time":         true,
+	"net.ipv4.tcp_fin_timeout":            true,
+	"net.ipv4.tcp_keepalive_intvl":        true,
+	"net.ipv4.tcp_keepalive_probes":       true,
+	"net.ipv4.tcp_rmem":                   true,
+	"net.ipv4.tcp_wmem":                   true,
+}
+
+// podSysctls checks the pod's sysctls as the kubelet's admission does and
+// returns them for the sandbox ("name=value" lines), or a config error.
+func podSysctls(spec *PodSpec) (string, error) {
+	if spec.SecurityContext == nil || len(spec.SecurityContext.Sysctls) == 0 {
+		return "", nil
+	}
+	var lines []string
+	for _, sc := range spec.SecurityContext.Sysctls {
+		name := strings.ReplaceAll(strings.Trim(sc.Name, "/"), "/", ".")
+		if !safeSysctls[name] {
+			return "", cfgErr("SysctlForbidden: pod was rejected: forbidden sysctl: %q not allowlisted", sc.Name)
+		}
+		if spec.HostNetwork && strings.HasPrefix(name, "net.") {
+			return "", cfgErr("SysctlForbidden: pod was rejected: forbidden sysctl: %q not allowed with host net enabled", sc.Name)
+		}
+		if strings.ContainsAny(sc.Value, "\n") {
+			return "", cfgErr("invalid sysctl value %q", sc.Value)
+		}
+		lines = append(lines, name+"="+sc.Value)
+	}
+	return strings.Join(lines, "\n"), nil
+}

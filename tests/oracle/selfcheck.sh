@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Self-check of the runtime oracle: runs every case in tests/oracle/testdata
+# (or the files given) and compares the outcome with the one the file name
+# starts with (<outcome>--<what>.json) and the "expectOutput" substring in the
+# file (matched against the outcome JSON text).
+#
+# Usage (as root): tests/oracle/selfcheck.sh [-j JOBS] [case.json ...]
+# Builds/reuses the oracle with scripts/build-oracle.sh. Exit 0 iff all pass.
+set -euo pipefail
+
+here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
+jobs=1
+if [[ ${1:-} == -j ]]; then
+  jobs=$2
+  shift 2
+fi
+cases=("$@")
+((${#cases[@]})) || cases=("$here"/testdata/*.json)
+
+eval "$("$here/../../scripts/build-oracle.sh")"
+export TAILGUARD_ORACLE_BIN TAILGUARD_ORACLE_ROOTFS
+
+out_dir=$(mktemp -d "${TMPDIR:-/tmp}/oracle-selfcheck.XXXXXX")
+trap 'rm -rf -- "$out_dir"' EXIT
+
+run_one() {
+  local f=$1 out=$2 t0 t1
+  t0=$(date +%s.%N)
+  if "$TAILGUARD_ORACLE_BIN" run <"$f" >"$out.json" 2>"$out.err"; then :; else echo "oracle-error" >"$out.json"; fi
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }' >"$out.time"
+}
+export -f run_one
+
+t_all=$(date +%s.%N)
+i=0
+for f in "${cases[@]}"; do
+  i=$((i + 1))
+  printf '%s\0%s\0' "$f" "$out_dir/$i"
+done | xargs -0 -n 2 -P "$jobs" bash -c 'run_one "$1" "$2"' _
+total=$(awk -v a="$t_all" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+
+fail=0
+i=0
+for f in "${cases[@]}"; do
+  i=$((i + 1))
+  name=$(basename -- "$f" .json)
+  want=${name%%--*}
+  expect=$(sed -n 's/^  "expectOutput": "\(.*\)",\{0,1\}$/\1/p' "$f" | sed 's/\\\(.\)/\1/g')
+  res=$(<"$out_dir/$i.json")
+  got=$(sed -n 's/^{"outcome":"\([a-z-]*\)".*/\1/p' <<<"$res")
+  status=ok
+  if [[ $got != "$want" ]]; then
+    status="FAIL (outcome $got, want $want)"
+  elif [[ -n $expect && $res != *"$expect"* ]]; then
+    status="FAIL (output lacks: $expect)"
+  fi
+  printf '%-52s %6ss  %s\n' "$name" "$(<"$out_dir/$i.time")" "$status"
+  if [[ $status != ok ]]; then
+    fail=1
+    printf '    %s\n' "$res" | cut -c1-2000
+    sed 's/^/    stderr: /' "$out_dir/$i.err" | tail -20
+  fi
+done
+printf '%d cases, %s s wall with -j %s\n' "${#cases[@]}" "$total" "$jobs"
+exit $fail
