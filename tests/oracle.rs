@@ -121,7 +121,24 @@ fn pod_of(object: &Value) -> Option<(Value, Value)> {
         "labels": meta.get("labels").cloned().unwrap_or(json!({})),
         "annotations": meta.get("annotations").cloned().unwrap_or(json!({})),
     });
-    Some((metadata, template.get("spec")?.clone()))
+    let mut spec = template.get("spec")?.clone();
+    // The StatefulSet controller adds a volume per claim template.
+    for claim in object
+        .pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(name), Some(volumes)) = (
+            claim.pointer("/metadata/name").and_then(Value::as_str),
+            spec.as_object_mut()
+                .map(|s| s.entry("volumes").or_insert_with(|| json!([]))),
+        ) && let Some(volumes) = volumes.as_array_mut()
+        {
+            volumes.push(json!({"name": name, "persistentVolumeClaim": {"claimName": format!("{name}-{pod_name}")}}));
+        }
+    }
+    Some((metadata, spec))
 }
 
 /// Secrets and ConfigMaps the manifest itself defines: `secret/NAME/KEY` → value.
@@ -205,10 +222,30 @@ fn values_for(spec: &Value, header: &Header, manifest: &BTreeMap<String, String>
             }
         }
     }
-    // Secret volumes (auth keys as `file:`) read the same values.
+    // Secret and ConfigMap volumes (auth keys as `file:`, serve configs) read
+    // the same values.
     for volume in spec.get("volumes").and_then(Value::as_array).into_iter().flatten() {
-        if let Some(name) = volume.pointer("/secret/secretName").and_then(Value::as_str) {
-            let prefix = format!("secret/{name}/");
+        let projected = volume
+            .pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        let sources = [
+            ("secret", volume.pointer("/secret/secretName")),
+            ("configmap", volume.pointer("/configMap/name")),
+        ]
+        .into_iter()
+        .chain(projected.flat_map(|p| {
+            [
+                ("secret", p.pointer("/secret/name")),
+                ("configmap", p.pointer("/configMap/name")),
+            ]
+        }));
+        for (kind, name) in sources {
+            let Some(name) = name.and_then(Value::as_str) else {
+                continue;
+            };
+            let prefix = format!("{kind}/{name}/");
             for (k, v) in manifest.iter().chain(header.values.iter()) {
                 if k.starts_with(&prefix) {
                     values.insert(k.clone(), Value::String(v.clone()));
@@ -299,6 +336,9 @@ fn cases_of(file: &Path, runtimes: &[&str]) -> Result<Vec<Case>, String> {
                 "envFrom": env_from,
                 "runtime": runtime,
                 "restarts": 1,
+                // Several pods of one workload share what they share (a state
+                // Secret): run two to see it.
+                "replicas": if workload.many_pods().is_some() { 2 } else { 1 },
                 "peers": header.peers.iter().map(|p| json!({
                     "ip": p.ip, "name": p.name, "advertiseExitNode": p.exit_node, "approved": p.approved,
                 })).collect::<Vec<_>>(),
@@ -627,7 +667,12 @@ fn run_oracle(bin: &Path, request: &Value) -> Result<Outcome, String> {
 /// What is wrong with one case's verdict, if anything.
 fn judge(case: &Case, outcome: &Outcome) -> Option<String> {
     let mut problems = Vec::new();
-    if outcome.outcome == "config-error" && case.depends.is_none() {
+    // The kubelet refusing the pod (hostPath type, sysctls, runAsNonRoot) is a
+    // failure like any other; a Secret or ConfigMap the case did not supply is
+    // a gap in the case.
+    let missing_input = outcome.outcome == "config-error"
+        && (outcome.detail.contains("not found") || outcome.detail.contains("couldn't find key"));
+    if missing_input && case.depends.is_none() {
         problems.push(format!(
             "the pod cannot even be created (a value it reads is missing: add an `# oracle-value:` line): {}",
             outcome.detail
@@ -645,7 +690,7 @@ fn judge(case: &Case, outcome: &Outcome) -> Option<String> {
                 .join("; ")
         ));
     }
-    if !denied && !outcome.works() && outcome.outcome != "config-error" && case.depends.is_none() {
+    if !denied && !outcome.works() && !missing_input && case.depends.is_none() {
         problems.push(format!(
             "FALSE NEGATIVE: check denies nothing, but the real binaries: {} (container `{}`, exit {:?}): {}",
             outcome.outcome,
@@ -672,8 +717,8 @@ fn judge(case: &Case, outcome: &Outcome) -> Option<String> {
                 ));
             }
             // What a finding says a container exits with is what the pinned
-            // release prints.
-            let exits = matches!(outcome.outcome.as_str(), "exited" | "restart-exited");
+            // release prints (a failure outside the workload is not quoted).
+            let exits = matches!(outcome.outcome.as_str(), "exited" | "restart-exited") && case.depends.is_none();
             if denied && exits && !case.denies.iter().any(|f| f.message.contains(&expect.text)) {
                 problems.push(format!(
                     "no deny message quotes what the binaries print ({:?}): {:?}",

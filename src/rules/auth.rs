@@ -1,4 +1,5 @@
-//! Auth keys: `literal-auth-key`, `auth-key-file` and `auth-once-extra-args`.
+//! Auth keys: `literal-auth-key`, `auth-key-file`, `no-auth-key` and
+//! `auth-once-extra-args`.
 //! Messages never repeat a key's value.
 
 use super::{Context, Findings, RuleId};
@@ -50,6 +51,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
             }
         }
         auth_key_file(tc, out);
+        no_auth_key(tc, out);
         if tc.env.bool("TS_AUTH_ONCE") == Some(true)
             && let Some((i, extra)) = tc.env.literal("TS_EXTRA_ARGS")
             && !extra.trim().is_empty()
@@ -93,4 +95,43 @@ fn auth_key_file(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
     } else {
         out.report_uncertain(RuleId::AuthKeyFile, tc.env_path(i), message, hint);
     }
+}
+
+/// No way to log in without a person: no auth key, no OAuth client, no
+/// tailscaled config file. Only a warning: the state (a Secret's `authkey`, or
+/// a node logged in once by hand) may hold what the manifest does not.
+fn no_auth_key(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
+    let sources = [
+        "TS_AUTHKEY",
+        "TS_AUTH_KEY",
+        "TS_CLIENT_ID",
+        "TS_CLIENT_SECRET",
+        "TS_ID_TOKEN",
+        "TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR",
+    ];
+    if tc.env.has_env_from || sources.iter().any(|s| tc.env.is_set(s)) {
+        return;
+    }
+    let up = tc.up_args();
+    if up
+        .as_ref()
+        .is_some_and(|up| SECRET_FLAGS.iter().any(|f| up.value(f).is_some()))
+    {
+        return;
+    }
+    let state = match tc.env.literal("TS_KUBE_SECRET") {
+        Some((_, "")) => "a node logged in before, kept in TS_STATE_DIR".to_owned(),
+        Some((_, name)) => format!("an `authkey` entry in its state Secret `{name}`"),
+        None if !tc.env.is_set("TS_KUBE_SECRET") => "an `authkey` entry in its state Secret `tailscale`".to_owned(),
+        None => "an `authkey` entry in its state Secret".to_owned(),
+    };
+    out.report(
+        RuleId::NoAuthKey,
+        format!("{}.env", tc.path),
+        format!(
+            "container `{}` gets no auth key (TS_AUTHKEY, OAuth client or --auth-key): unless {state} provides one, `tailscale up` waits for someone to open the login URL it logs, /healthz answers 503, and containerboot gives up after 60 s and restarts",
+            tc.name()
+        ),
+        "set TS_AUTHKEY from a Secret (valueFrom.secretKeyRef), or TS_CLIENT_ID/TS_CLIENT_SECRET for an OAuth client",
+    );
 }

@@ -99,6 +99,7 @@ rules! {
     HostNetwork => "host-network", Warn, "kernel-mode Tailscale DaemonSet without hostNetwork: it routes the pod, not the node";
     UserspaceDefault => "userspace-default", Warn, "TUN/privileges configured but TS_USERSPACE left at its default (true)";
     IpForwarding => "ip-forwarding", Warn, "subnet router, exit node or proxy that needs IP forwarding it cannot turn on";
+    NoAuthKey => "no-auth-key", Warn, "no auth key: a person must log the pod in";
     AuthOnceExtraArgs => "auth-once-extra-args", Warn, "TS_AUTH_ONCE=true: TS_EXTRA_ARGS is not re-applied on restart";
     ExitNodeUnpinned => "exit-node-unpinned", Warn, "DaemonSet makes every node an exit node";
     LanAccess => "lan-access", Warn, "kernel-mode exit-node client without --exit-node-allow-lan-access";

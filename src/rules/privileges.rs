@@ -117,9 +117,9 @@ fn tun_device(
         // A privileged container sees the host's devices.
         Tun::Missing if privileges.privileged => {}
         Tun::Missing => {
-            let message = |why: &str| {
+            let message = |why: &str, printed: &str| {
                 format!(
-                    "container `{}` runs Tailscale in kernel mode with no /dev/net/tun, and {why}: containerboot exits with \"unable to create tuntap device file: operation not permitted\"",
+                    "container `{}` runs Tailscale in kernel mode with no /dev/net/tun, and {why}: containerboot exits with \"unable to create tuntap device file: {printed}\"",
                     tc.name()
                 )
             };
@@ -128,18 +128,21 @@ fn tun_device(
             match privileges.has("MKNOD") {
                 Has::Yes => {}
                 Has::No if !privileges.root() => {
-                    out.report(RuleId::TunDevice, path, message("it runs as a non-root user, who cannot create it"), hint)
+                    out.report(RuleId::TunDevice, path, message("it runs as a non-root user, who cannot create it", "mkdir /dev/net: permission denied"), hint)
                 }
                 Has::No => out.report(
                     RuleId::TunDevice,
                     path,
-                    message(&format!(
-                        "it may not create it (no CAP_MKNOD{})",
-                        match runtime {
-                            ContainerRuntime::CriO => ": CRI-O does not grant it by default",
-                            _ => "",
-                        }
-                    )),
+                    message(
+                        &format!(
+                            "it may not create it (no CAP_MKNOD{})",
+                            match runtime {
+                                ContainerRuntime::CriO => ": CRI-O does not grant it by default",
+                                _ => "",
+                            }
+                        ),
+                        "operation not permitted",
+                    ),
                     hint,
                 ),
                 Has::DependsOnRuntime => out.report_uncertain(

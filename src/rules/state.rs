@@ -25,7 +25,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
             RuleId::SharedStateSecret,
             path,
             format!(
-                "{many} store their Tailscale state in the same Secret {secret} (TS_KUBE_SECRET{}): they share one node identity, Tailscale reports \"machine key cloning detected\", and the pods keep logging each other out",
+                "{many} store their Tailscale state in the same Secret {secret} (TS_KUBE_SECRET{}): the first pod writes its machine and node keys there and every other pod starts as that same node, so they share one tailnet identity and address and keep taking the node over from each other",
                 if tc.env.is_set("TS_KUBE_SECRET") { "" } else { " defaults to `tailscale`" }
             ),
             "give each pod its own Secret: env POD_NAME from fieldRef metadata.name, then TS_KUBE_SECRET=$(POD_NAME) (RBAC must allow those Secrets); or set TS_KUBE_SECRET=\"\" and keep state in TS_STATE_DIR on a per-node hostPath",
