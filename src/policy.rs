@@ -6,18 +6,17 @@
 use serde_json::{Value, json};
 
 /// The rules the fallback policy covers, by tailguard rule name.
-pub const COVERED_RULES: &[&str] = &[
-    "privileged",
-    "host-network",
-    "tun-device",
-    "literal-auth-key",
-    "exit-node-hostname",
-];
+pub const COVERED_RULES: &[&str] = &["privileged", "literal-auth-key", "exit-node-hostname"];
 
 /// The official image repositories, as CEL string literals test them.
 const IMAGE_MATCH: &str = "c.image.contains('tailscale/tailscale')";
 
-/// The policy and its binding, as Kubernetes objects (in that order).
+/// A container that runs containerboot: no `command` replacing the image's entrypoint.
+const RUNS_CONTAINERBOOT: &str = "(!has(c.command) || size(c.command) == 0)";
+
+/// The policy and its binding, as Kubernetes objects (in that order). It
+/// covers only verdicts that hold on every runtime and node; the ones that
+/// depend on the runtime (`tun-device`) or are warnings stay with the webhook.
 pub fn fallback_policy(name: &str) -> Vec<Value> {
     let variables = json!([
         {
@@ -25,9 +24,11 @@ pub fn fallback_policy(name: &str) -> Vec<Value> {
             "expression": "object.kind == 'Pod' ? object.spec : (object.kind == 'CronJob' ? object.spec.jobTemplate.spec.template.spec : object.spec.template.spec)"
         },
         {
+            // containerboot containers: main ones, and native sidecars (a plain
+            // init container runs to completion and is never Tailscale).
             "name": "tailscale",
             "expression": format!(
-                "(has(variables.podSpec.initContainers) ? variables.podSpec.initContainers : []).filter(c, has(c.image) && {IMAGE_MATCH}) + variables.podSpec.containers.filter(c, has(c.image) && {IMAGE_MATCH})"
+                "(has(variables.podSpec.initContainers) ? variables.podSpec.initContainers : []).filter(c, has(c.image) && {IMAGE_MATCH} && {RUNS_CONTAINERBOOT} && has(c.restartPolicy) && c.restartPolicy == 'Always') + variables.podSpec.containers.filter(c, has(c.image) && {IMAGE_MATCH} && {RUNS_CONTAINERBOOT})"
             )
         },
         {
@@ -36,24 +37,15 @@ pub fn fallback_policy(name: &str) -> Vec<Value> {
             "expression": "variables.tailscale.filter(c, has(c.env) && c.env.exists(e, e.name == 'TS_USERSPACE' && has(e.value) && e.value in ['false', '0', 'f', 'F', 'FALSE', 'False']))"
         },
         {
-            "name": "privileged",
-            "expression": "variables.kernel.filter(c, has(c.securityContext) && has(c.securityContext.privileged) && c.securityContext.privileged)"
+            // Privileged, or NET_ADMIN added: what creating tailscale0 needs.
+            "name": "netAdmin",
+            "expression": "variables.kernel.filter(c, has(c.securityContext) && ((has(c.securityContext.privileged) && c.securityContext.privileged) || (has(c.securityContext.capabilities) && has(c.securityContext.capabilities.add) && c.securityContext.capabilities.add.exists(a, a in ['NET_ADMIN', 'CAP_NET_ADMIN', 'ALL']))))"
         }
     ]);
     let validations = json!([
         {
-            "expression": "object.kind != 'DaemonSet' || size(variables.kernel) == size(variables.privileged)",
-            "message": "tailguard fallback [privileged]: a kernel-mode (TS_USERSPACE=false) Tailscale container in a DaemonSet needs securityContext.privileged: true",
-            "reason": "Forbidden"
-        },
-        {
-            "expression": "object.kind != 'DaemonSet' || size(variables.kernel) == 0 || (has(variables.podSpec.hostNetwork) && variables.podSpec.hostNetwork)",
-            "message": "tailguard fallback [host-network]: a kernel-mode Tailscale DaemonSet needs hostNetwork: true, or it routes the pod instead of the node",
-            "reason": "Forbidden"
-        },
-        {
-            "expression": "variables.kernel.all(c, (has(c.securityContext) && has(c.securityContext.privileged) && c.securityContext.privileged) || (has(c.volumeMounts) && has(variables.podSpec.volumes) && c.volumeMounts.exists(m, m.mountPath == '/dev/net/tun' && variables.podSpec.volumes.exists(v, v.name == m.name && has(v.hostPath) && v.hostPath.path == '/dev/net/tun'))))",
-            "message": "tailguard fallback [tun-device]: kernel-mode Tailscale needs the host's /dev/net/tun (a hostPath volume mounted at /dev/net/tun) or privileged: true",
+            "expression": "size(variables.kernel) == size(variables.netAdmin)",
+            "message": "tailguard fallback [privileged]: a kernel-mode (TS_USERSPACE=false) Tailscale container needs NET_ADMIN (securityContext.capabilities.add) or privileged: true, or tailscaled cannot create tailscale0",
             "reason": "Forbidden"
         },
         {
@@ -63,7 +55,7 @@ pub fn fallback_policy(name: &str) -> Vec<Value> {
         },
         {
             "expression": "variables.tailscale.all(c, !has(c.env) || c.env.all(e, e.name != 'TS_EXTRA_ARGS' || !has(e.value) || e.value.split(' ').all(t, !t.matches('^--?exit-node=') || t.split('=', 2)[1].matches('^([0-9.]*|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*|auto:.*)$'))))",
-            "message": "tailguard fallback [exit-node-hostname]: --exit-node must be the exit node's Tailscale IP; tailscale up refuses a hostname while starting",
+            "message": "tailguard fallback [exit-node-hostname]: --exit-node must be the exit node's Tailscale IP; tailscale up refuses a name while it starts",
             "reason": "Forbidden"
         }
     ]);
