@@ -39,7 +39,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
 fn validate(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
     let given = |name: &str| match tc.env.setting(name) {
         Setting::Unset => Given::No,
-        Setting::Known(_, v) if v.is_empty() => Given::No,
+        Setting::Known(_, "") => Given::No,
         Setting::Known(..) => Given::Yes,
         Setting::Unknown(_) => Given::Maybe,
     };
