@@ -206,6 +206,15 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// `(major, minor)` of a `vX.Y[.Z]` (or `X.Y.Z`) image tag.
+pub fn image_version(image: &str) -> Option<(u32, u32)> {
+    let tag = crate::config::image_tag(image)?;
+    let mut parts = tag.strip_prefix('v').unwrap_or(tag).split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 /// Whether the container's process is containerboot, the image's entrypoint:
 /// no `command` (the entrypoint stays), or a command that runs containerboot
 /// (directly, or at the end of a shell script). A `command` such as `sh -c
@@ -262,6 +271,12 @@ impl<'a> TailscaleContainer<'a> {
 
     pub fn name(&self) -> &str {
         &self.container.name
+    }
+
+    /// The Tailscale release of the image, from a `vX.Y[.Z]` tag; `None` for
+    /// `latest`, `stable`, a digest alone or no tag (a current release).
+    pub fn version(&self) -> Option<(u32, u32)> {
+        image_version(self.container.image.as_deref().unwrap_or_default())
     }
 
     pub fn env_path(&self, index: usize) -> String {

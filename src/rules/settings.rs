@@ -1,7 +1,8 @@
 //! `containerboot-settings`: the combinations of settings containerboot
 //! refuses before it starts anything (cmd/containerboot/settings.go,
 //! `validate`, of the pinned release). Each is a certain exit at start, printed
-//! as `invalid configuration: invalid configuration: <reason>`.
+//! as `invalid configuration: invalid configuration: <reason>`. Each check came
+//! with a release; an image tagged older than that release does not run it.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -111,6 +112,20 @@ fn validate(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
         _ => Given::No,
     });
 
+    // The release that introduced each check (read from containerboot's
+    // source at v1.60, 1.76, 1.78, 1.80, 1.90, 1.94 and 1.96).
+    let since = |check: &str| -> (u32, u32) {
+        match check {
+            c if c.starts_with("TS_EXPERIMENTAL_DEST_DNS_NAME") => (1, 76),
+            c if c.starts_with("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR") => (1, 76),
+            c if c.starts_with("TS_EXPERIMENTAL_ENABLE_FORWARDING") => (1, 76),
+            c if c.contains("TS_HEALTHCHECK_ADDR_PORT") => (1, 78),
+            c if c.contains("TS_ID_TOKEN") || c.contains("TS_AUDIENCE") || c.contains("TS_CLIENT_ID") => (1, 94),
+            _ => (1, 60),
+        }
+    };
+    // A tag older than the check's release: that containerboot lacks it.
+    let runs = |check: &str| tc.version().is_none_or(|v| v >= since(check));
     // The checks in validate's order: containerboot reports the first only.
     let checks: [(Given, &str, &[&str], &str); 18] = [
         (
@@ -223,10 +238,12 @@ fn validate(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
         ),
     ];
     for (given, reason, vars, hint) in checks {
-        if given != Given::No {
+        if given != Given::No && runs(reason) {
             refuse(tc, given, vars, reason.to_owned(), hint, out);
         }
     }
+    // Address parsing came with TS_LOCAL_ADDR_PORT (1.78).
+    let parses_addresses = tc.version().is_none_or(|v| v >= (1, 78));
     for (name, needed) in [
         ("TS_HEALTHCHECK_ADDR_PORT", Given::Yes),
         (
@@ -247,7 +264,7 @@ fn validate(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
             continue;
         };
         // Empty means off (TS_LOCAL_ADDR_PORT="" serves nothing): not parsed.
-        if needed == Given::No || value.is_empty() {
+        if needed == Given::No || value.is_empty() || !parses_addresses {
             continue;
         }
         if let Err(why) = parse_addr_port(value) {
@@ -261,17 +278,17 @@ fn validate(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
             );
         }
     }
-    for (name, what) in [
-        ("TS_EGRESS_PROXIES_CONFIG_PATH", "TS_EGRESS_PROXIES_CONFIG_PATH"),
-        ("TS_INGRESS_PROXIES_CONFIG_PATH", "TS_INGRESS_PROXIES_CONFIG_PATH"),
+    for (name, release) in [
+        ("TS_EGRESS_PROXIES_CONFIG_PATH", (1, 80)),
+        ("TS_INGRESS_PROXIES_CONFIG_PATH", (1, 90)),
     ] {
         let g = given(name).and(not(kube_secret));
-        if g != Given::No {
+        if g != Given::No && tc.version().is_none_or(|v| v >= release) {
             refuse(
                 tc,
                 g,
                 &[name],
-                format!("{what} is only supported for Tailscale running on Kubernetes"),
+                format!("{name} is only supported for Tailscale running on Kubernetes"),
                 "keep state in a Secret (TS_KUBE_SECRET), which these proxies need",
                 out,
             );
