@@ -140,6 +140,7 @@ func startControl(nodeIP, port string, requireAuth bool, logf logger.Logf) (cp *
 type peerNode struct {
 	Peer
 	realIP  string
+	nodeKey string
 	socket  string
 	daemon  *exec.Cmd
 	logPath string
@@ -231,6 +232,7 @@ func startPeer(ctx context.Context, cp *controlPlane, binDir, dir string, p Peer
 			return nil, fmt.Errorf("peer %s: status: %w", p.Name, err)
 		}
 		if s.BackendState == "Running" && s.Self != nil && len(s.Self.TailscaleIPs) > 0 {
+			n.nodeKey = s.Self.PublicKey.String()
 			for _, ip := range s.Self.TailscaleIPs {
 				if ip.Is4() {
 					n.realIP = ip.String()

@@ -27,6 +27,19 @@ const (
 	kubePort   = "443"          // the in-namespace port of the apiserver forwarder
 )
 
+// podIPFor is the pod IP of replica i (198.18.0.2, .3, .4).
+func podIPFor(i int) string { return fmt.Sprintf("198.18.0.%d", 2+i) }
+
+// nodeIPFor is the node IP of replica i of a hostNetwork workload, each on a
+// node of its own: replica 0 is on the case's node (198.18.0.1), the others on
+// emulated nodes 198.18.0.11, .12.
+func nodeIPFor(i int) string {
+	if i == 0 {
+		return nodeIP
+	}
+	return fmt.Sprintf("198.18.0.%d", 10+i)
+}
+
 // noDAD makes IPv6 link-local addresses of new interfaces in the current
 // network namespace valid at once: otherwise duplicate address detection
 // finishes a second or two after the containers started, and tailscaled
@@ -73,12 +86,18 @@ func (s *sandbox) nsPath(kind string) string { return fmt.Sprintf("/proc/%d/ns/%
 
 // startSandbox starts a namespace holder (role "pod" or "router") and wires
 // it to the node namespace (this process's) with a veth pair: nodeName here
-// with nodeCIDR, eth0 in the new namespace.
-func startSandbox(self, role, hostname, kubeSock, sysctls, nodeName, nodeCIDR string) (*sandbox, error) {
+// with nodeCIDR, eth0 in the new namespace (a "pod" gets ip/24 there). With
+// an empty nodeCIDR, the node side gets no address but a host route to ip
+// and proxy ARP: the way a further pod (or an emulated node of its own) is
+// attached next to the first one, whose veth carries the node's /24.
+func startSandbox(self, role, hostname, kubeSock, sysctls, ip, nodeName, nodeCIDR string) (*sandbox, error) {
 	if sysctls == "" {
 		sysctls = "-"
 	}
-	cmd := exec.Command(self, "sandbox", role, hostname, kubeSock, sysctls)
+	if ip == "" {
+		ip = "-"
+	}
+	cmd := exec.Command(self, "sandbox", role, hostname, kubeSock, sysctls, ip)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
 		Pdeathsig:  syscall.SIGKILL,
@@ -111,8 +130,17 @@ func startSandbox(self, role, hostname, kubeSock, sysctls, nodeName, nodeCIDR st
 	if err != nil {
 		return nil, err
 	}
-	if err := addAddr(l, nodeCIDR); err != nil {
-		return nil, err
+	if nodeCIDR != "" {
+		if err := addAddr(l, nodeCIDR); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := netlink.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.ParseIP(ip).To4(), Mask: net.CIDRMask(32, 32)}, LinkIndex: l.Attrs().Index}); err != nil {
+			return nil, fmt.Errorf("route to %s: %w", ip, err)
+		}
+		if err := proxyARP(nodeName); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := io.WriteString(in, "eth0\n"); err != nil {
 		return nil, err
@@ -133,6 +161,18 @@ func nodeDefaultRoute() error {
 	return netlink.RouteAdd(&netlink.Route{Dst: defaultDst(), Gw: net.ParseIP(uplinkGW)})
 }
 
+// proxyARP makes the node answer ARP on link for addresses it routes
+// elsewhere (the other pods of the /24, which sit behind veths of their
+// own), at once (proxy answers are otherwise delayed by up to 0.8 s).
+func proxyARP(link string) error {
+	for f, v := range map[string]string{"conf/" + link + "/proxy_arp": "1", "neigh/" + link + "/proxy_delay": "0"} {
+		if err := os.WriteFile("/proc/sys/net/ipv4/"+f, []byte(v), 0o644); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+	}
+	return nil
+}
+
 func defaultDst() *net.IPNet { return &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)} }
 
 func (s *sandbox) expect(word string) error {
@@ -147,14 +187,15 @@ func (s *sandbox) expect(word string) error {
 }
 
 // cmdSandbox runs inside fresh network, UTS and IPC namespaces: role "pod"
-// is the pod's network (eth0 198.18.0.2/24, default route via the node);
+// is a pod's network (eth0 IP/24, e.g. 198.18.0.2, default route via the
+// node), also used for the node of a further hostNetwork replica;
 // role "router" is the node's upstream (eth0 198.18.1.254/24, forwarding, and
 // an unreachable default route: whatever tries to leave gets an ICMP error).
 func cmdSandbox(args []string) error {
-	if len(args) != 4 {
-		return fmt.Errorf("want: sandbox ROLE HOSTNAME KUBESOCK SYSCTLS")
+	if len(args) != 5 {
+		return fmt.Errorf("want: sandbox ROLE HOSTNAME KUBESOCK SYSCTLS IP")
 	}
-	role, hostname, kubeSock, sysctls := args[0], args[1], args[2], args[3]
+	role, hostname, kubeSock, sysctls, ip := args[0], args[1], args[2], args[3], args[4]
 	if err := unix.Sethostname([]byte(hostname)); err != nil {
 		return fmt.Errorf("sethostname: %w", err)
 	}
@@ -173,7 +214,10 @@ func cmdSandbox(args []string) error {
 	}
 	switch role {
 	case "pod":
-		if err := addAddr(l, podIP+netBits); err != nil {
+		if net.ParseIP(ip).To4() == nil {
+			return fmt.Errorf("pod sandbox: bad IP %q", ip)
+		}
+		if err := addAddr(l, ip+netBits); err != nil {
 			return err
 		}
 		if err := netlink.RouteAdd(&netlink.Route{Dst: defaultDst(), Gw: net.ParseIP(nodeIP), LinkIndex: l.Attrs().Index}); err != nil {

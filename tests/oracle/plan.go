@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // Default capability sets of the container runtimes (their default OCI specs).
@@ -33,6 +34,12 @@ type ctrPlan struct {
 	exitNode    string            // --exit-node value asked for in TS_EXTRA_ARGS
 	extraArgs   string
 	longRunning bool
+}
+
+// tailscale reports whether the container runs Tailscale (containerboot, or
+// a command that mentions tailscale): the ones whose status the oracle asks.
+func (pl *ctrPlan) tailscale() bool {
+	return pl.boot || pl.exitNode != "" || strings.Contains(strings.Join(pl.proc.Argv, " "), "tailscale")
 }
 
 func normCap(c string) string {
@@ -229,7 +236,7 @@ func (p *pod) plan(c *Container, isInit bool) (*ctrPlan, error) {
 	if p.saDir != "" && !saCovered {
 		mounts = append(mounts, mountSpec{Source: p.saDir, Target: saMountPath, Kind: "bind", ReadOnly: true})
 	}
-	termLog := filepath.Join(p.casedir, "termination-log", c.Name)
+	termLog := filepath.Join(p.dir, "termination-log", c.Name)
 	if err := os.MkdirAll(filepath.Dir(termLog), 0o755); err != nil {
 		return nil, err
 	}
@@ -251,8 +258,8 @@ func (p *pod) plan(c *Container, isInit bool) (*ctrPlan, error) {
 		Mounts:       mounts,
 		procSpec:     pl.proc,
 	}
-	if !p.hostNet {
-		pl.spec.NetNS, pl.spec.UTSNS, pl.spec.IPCNS = p.sb.nsPath("net"), p.sb.nsPath("uts"), p.sb.nsPath("ipc")
+	if ns := p.netSandbox(); ns != nil {
+		pl.spec.NetNS, pl.spec.UTSNS, pl.spec.IPCNS = ns.nsPath("net"), ns.nsPath("uts"), ns.nsPath("ipc")
 	}
 
 	// Probes: exec commands get the kubelet's expansion over the container's
@@ -282,7 +289,7 @@ func (p *pod) plan(c *Container, isInit bool) (*ctrPlan, error) {
 		// Plain init containers have no probes (the API rejects them).
 		pl.probes = map[string]*Probe{}
 	}
-	p.logf("plan %s: argv=%q uid=%d gid=%d caps=%v nnp=%v privileged=%v TS_EXTRA_ARGS=%q", c.Name, argv, uid, gid, pl.proc.Caps, pl.proc.NoNewPrivs, privileged, pl.extraArgs)
+	p.logf("plan %s%s: argv=%q uid=%d gid=%d caps=%v nnp=%v privileged=%v TS_EXTRA_ARGS=%q", p.filePrefix(), c.Name, argv, uid, gid, pl.proc.Caps, pl.proc.NoNewPrivs, privileged, pl.extraArgs)
 	return pl, nil
 }
 
@@ -324,14 +331,23 @@ func (p *pod) hasAuthKey(env *envList) bool {
 	return false
 }
 
+// loginServer is the control server that requires an interactive login,
+// started on first use and shared by the case's replicas.
+type loginServer struct {
+	mu sync.Mutex
+	cp *controlPlane
+}
+
 // loginControl returns the interactive-login control server, started on first use.
 func (p *pod) loginControl() (*controlPlane, error) {
-	if p.cpLogin == nil {
+	p.login.mu.Lock()
+	defer p.login.mu.Unlock()
+	if p.login.cp == nil {
 		cp, err := startControl(nodeIP, "0", true, p.quiet)
 		if err != nil {
 			return nil, fmt.Errorf("interactive control server: %w", err)
 		}
-		p.cpLogin = cp
+		p.login.cp = cp
 	}
-	return p.cpLogin, nil
+	return p.login.cp, nil
 }

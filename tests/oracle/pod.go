@@ -41,15 +41,22 @@ type pod struct {
 	logf    logger.Logf
 
 	sb       *sandbox // the pod's network namespace
+	nodeSB   *sandbox // the node of a hostNetwork replica > 0 (nil: the case's node, this process's namespace)
 	router   *sandbox // the node's upstream
 	cp       *controlPlane
-	cpLogin  *controlPlane // requires interactive login (nodes without an auth key)
+	login    *loginServer // requires interactive login (nodes without an auth key); shared by replicas
 	quiet    logger.Logf
 	peers    []*peerNode
 	penv     *podEnv
 	hostNet  bool
 	podIP    string
+	nodeIP   string // the IP of the node the pod runs on (status.hostIP)
 	hostname string
+
+	replica int    // index of this pod among the case's replicas
+	label   string // "" for a single pod, else "r<i>" (log files, containers' entries)
+	dir     string // the pod's own files (volumes, pod files): casedir, or casedir/r<i>
+	nodeDir string // the emulated node's filesystem (hostPath volumes)
 
 	volumes     map[string]*volume
 	podFilesDir string
@@ -139,7 +146,7 @@ func (r *ctrRun) addLine(l string) {
 func (p *pod) startContainer(pl *ctrPlan, n int) (*ctrRun, error) {
 	r := &ctrRun{plan: pl, n: n, done: make(chan struct{}), probeErr: map[string]string{}}
 	spec := pl.spec
-	spec.RunDir = filepath.Join(p.rt, fmt.Sprintf("%s.%d", pl.name, n))
+	spec.RunDir = filepath.Join(p.rt, fmt.Sprintf("%s%s.%d", p.filePrefix(), pl.name, n))
 	b, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
@@ -156,7 +163,7 @@ func (p *pod) startContainer(pl *ctrPlan, n int) (*ctrRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	logFile, err := os.Create(filepath.Join(p.casedir, "logs", fmt.Sprintf("%s.%d.log", pl.name, n)))
+	logFile, err := os.Create(filepath.Join(p.casedir, "logs", fmt.Sprintf("%s%s.%d.log", p.filePrefix(), pl.name, n)))
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +241,7 @@ func (p *pod) startContainer(pl *ctrPlan, n int) (*ctrRun, error) {
 		r.startErr = sr.StartError
 		r.addLine("runc create failed: unable to start container process: " + sr.StartError)
 	}
-	p.logf("started %s (run %d, pid %d)", pl.name, n, r.pid)
+	p.logf("started %s%s (run %d, pid %d)", p.filePrefix(), pl.name, n, r.pid)
 	return r, nil
 }
 
@@ -475,7 +482,7 @@ func (p *pod) observe(runs []*ctrRun, res map[string]*CtrOutcome) *verdict {
 	var bad *verdict
 	for _, r := range runs {
 		co := res[r.plan.name]
-		if !r.plan.boot && r.plan.exitNode == "" && !strings.Contains(strings.Join(r.plan.proc.Argv, " "), "tailscale") {
+		if !r.plan.tailscale() {
 			continue // not a Tailscale container (its CLI would just wait for a socket)
 		}
 		until := time.Now().Add(exitNodeWait)
@@ -488,6 +495,7 @@ func (p *pod) observe(runs []*ctrRun, res map[string]*CtrOutcome) *verdict {
 			if st != nil {
 				if st.Self != nil {
 					co.TailnetIP = firstIPv4(st.Self.TailscaleIPs)
+					co.NodeKey = st.Self.PublicKey
 				}
 				co.ExitNodeInUse, why = st.exitNodeInUse()
 			}
@@ -508,66 +516,124 @@ func (p *pod) observe(runs []*ctrRun, res map[string]*CtrOutcome) *verdict {
 	return bad
 }
 
-// lifecycle runs the pod as the kubelet would and judges it.
-func (p *pod) lifecycle() *Outcome {
-	out := &Outcome{LastLines: []string{}, Containers: []CtrOutcome{}}
-	res := map[string]*CtrOutcome{}
-	var order []string
-	record := func(r *ctrRun, outcome string) {
-		co, ok := res[r.plan.name]
-		if !ok {
-			co = &CtrOutcome{Name: r.plan.name}
-			res[r.plan.name] = co
-			order = append(order, r.plan.name)
-		}
-		co.Outcome = outcome
-		co.ExitCode = 0
-		if r.exited() {
-			co.ExitCode = r.exitCode
-		}
-		end := time.Now()
+// podLife is the kubelet's view of one pod while it runs: the containers
+// started so far, their recorded outcomes and a misbehaviour seen on the way.
+type podLife struct {
+	p           *pod
+	res         map[string]*CtrOutcome
+	order       []string
+	plans       []*ctrPlan // long-running, in start order
+	runs        []*ctrRun  // their current runs
+	misbehaving *verdict
+	budget      time.Duration
+}
+
+func (p *pod) newLife() *podLife {
+	return &podLife{p: p, res: map[string]*CtrOutcome{}, budget: time.Duration(p.c.TimeoutSeconds * float64(time.Second))}
+}
+
+func (l *podLife) record(r *ctrRun, outcome string) {
+	co, ok := l.res[r.plan.name]
+	if !ok {
+		co = &CtrOutcome{Name: r.plan.name, Pod: l.p.c.Pod.Metadata.Name}
+		l.res[r.plan.name] = co
+		l.order = append(l.order, r.plan.name)
+	}
+	co.Outcome = outcome
+	co.ExitCode = 0
+	if r.exited() {
+		co.ExitCode = r.exitCode
+	}
+	end := time.Now()
+	switch {
+	case !r.readyAt.IsZero():
+		end = r.readyAt
+	case r.exited():
+		end = r.exitAt
+	}
+	co.Seconds = roundSec(end.Sub(r.start))
+}
+
+// containers lists the recorded containers in start order.
+func (l *podLife) containers() []CtrOutcome {
+	out := []CtrOutcome{}
+	for _, n := range l.order {
+		out = append(out, *l.res[n])
+	}
+	return out
+}
+
+func (l *podLife) finish(v *verdict, outcome string) *Outcome {
+	out := &Outcome{Outcome: outcome, LastLines: []string{}, Containers: l.containers()}
+	if v == nil {
+		return out
+	}
+	out.Container = v.run.plan.name
+	out.Detail = v.detail
+	if v.run.exited() {
+		out.ExitCode = v.run.exitCode
+	}
+	out.LastLines = v.run.lastLines(lastLinesSent)
+	return out
+}
+
+func (l *podLife) cfgOutcome(name string, err error) *Outcome {
+	out := &Outcome{Outcome: OutConfigError, Container: name, Detail: err.Error(), LastLines: []string{}, Containers: l.containers()}
+	out.Containers = append(out.Containers, CtrOutcome{Name: name, Outcome: OutConfigError, Pod: l.p.c.Pod.Metadata.Name})
+	return out
+}
+
+// judge waits until runs are ready, checks liveness and observes them.
+func (l *podLife) judge(runs []*ctrRun, deadline time.Time, restart int) *verdict {
+	p := l.p
+	v := p.waitReady(runs, deadline)
+	if v == nil {
+		v = p.checkLiveness(runs, deadline)
+	}
+	for _, r := range runs {
 		switch {
-		case !r.readyAt.IsZero():
-			end = r.readyAt
 		case r.exited():
-			end = r.exitAt
+			l.record(r, OutExited)
+		case r.ready:
+			l.record(r, OutReady)
+		default:
+			l.record(r, "not-ready")
 		}
-		co.Seconds = roundSec(end.Sub(r.start))
 	}
-	finish := func(v *verdict, outcome string) *Outcome {
-		for _, n := range order {
-			out.Containers = append(out.Containers, *res[n])
+	if v == nil {
+		if m := p.observe(runs, l.res); m != nil && l.misbehaving == nil {
+			l.misbehaving = m
 		}
-		if v == nil {
-			out.Outcome = outcome
-			return out
+		for _, r := range runs {
+			if r.exited() {
+				v = p.exitedVerdict(r, "after it was ready")
+				break
+			}
 		}
-		out.Outcome = outcome
-		out.Container = v.run.plan.name
-		out.Detail = v.detail
-		if v.run.exited() {
-			out.ExitCode = v.run.exitCode
-		}
-		out.LastLines = v.run.lastLines(lastLinesSent)
-		return out
 	}
-	cfgOutcome := func(name string, err error) *Outcome {
-		for _, n := range order {
-			out.Containers = append(out.Containers, *res[n])
+	if v != nil {
+		if restart > 0 {
+			if v.outcome == OutExited {
+				v.outcome = OutRestartExited
+			}
+			v.detail = fmt.Sprintf("restart %d: %s", restart, v.detail)
 		}
-		out.Outcome, out.Container, out.Detail = OutConfigError, name, err.Error()
-		out.Containers = append(out.Containers, CtrOutcome{Name: name, Outcome: OutConfigError})
-		return out
+		l.record(v.run, v.outcome)
 	}
+	return v
+}
+
+// start runs the init containers in order, then starts the main containers
+// and judges them. It returns the pod's outcome when that is decided
+// (a failure, or `completed` without long-running containers), nil when
+// the long-running containers are up.
+func (l *podLife) start() *Outcome {
+	p := l.p
 	requested := map[string]bool{}
 	for _, n := range p.c.Containers {
 		requested[n] = true
 	}
-	budget := time.Duration(p.c.TimeoutSeconds * float64(time.Second))
-	deadline := p.t0.Add(budget)
-
-	var plans []*ctrPlan // long-running, in start order
-	var runs []*ctrRun
+	deadline := p.t0.Add(l.budget)
 	spec := &p.c.Pod.Spec
 	for i := range spec.InitContainers {
 		c := &spec.InitContainers[i]
@@ -578,7 +644,7 @@ func (p *pod) lifecycle() *Outcome {
 		if err != nil {
 			var ce *configError
 			if errors.As(err, &ce) {
-				return cfgOutcome(c.Name, err)
+				return l.cfgOutcome(c.Name, err)
 			}
 			return p.fail(err)
 		}
@@ -587,13 +653,13 @@ func (p *pod) lifecycle() *Outcome {
 			return p.fail(err)
 		}
 		if pl.sidecar {
-			plans = append(plans, pl)
-			runs = append(runs, r)
+			l.plans = append(l.plans, pl)
+			l.runs = append(l.runs, r)
 			if v := p.waitStarted(r, deadline); v != nil {
-				record(r, v.outcome)
-				return finish(v, v.outcome)
+				l.record(r, v.outcome)
+				return l.finish(v, v.outcome)
 			}
-			record(r, "running")
+			l.record(r, "running")
 			continue
 		}
 		select {
@@ -602,15 +668,15 @@ func (p *pod) lifecycle() *Outcome {
 		}
 		if !r.exited() {
 			v := &verdict{outcome: OutHung, run: r, detail: fmt.Sprintf("init container %q did not finish within %.0fs", c.Name, time.Since(r.start).Seconds())}
-			record(r, OutHung)
-			return finish(v, OutHung)
+			l.record(r, OutHung)
+			return l.finish(v, OutHung)
 		}
 		if r.exitCode != 0 {
 			v := p.exitedVerdict(r, "(init container failed)")
-			record(r, OutExited)
-			return finish(v, OutExited)
+			l.record(r, OutExited)
+			return l.finish(v, OutExited)
 		}
-		record(r, OutCompleted)
+		l.record(r, OutCompleted)
 	}
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
@@ -621,7 +687,7 @@ func (p *pod) lifecycle() *Outcome {
 		if err != nil {
 			var ce *configError
 			if errors.As(err, &ce) {
-				return cfgOutcome(c.Name, err)
+				return l.cfgOutcome(c.Name, err)
 			}
 			return p.fail(err)
 		}
@@ -629,86 +695,89 @@ func (p *pod) lifecycle() *Outcome {
 		if err != nil {
 			return p.fail(err)
 		}
-		plans = append(plans, pl)
-		runs = append(runs, r)
+		l.plans = append(l.plans, pl)
+		l.runs = append(l.runs, r)
 	}
-	if len(runs) == 0 {
-		return finish(nil, OutCompleted)
+	if len(l.runs) == 0 {
+		return l.finish(nil, OutCompleted)
 	}
+	if v := l.judge(l.runs, deadline, 0); v != nil {
+		return l.finish(v, v.outcome)
+	}
+	return nil
+}
 
-	var misbehaving *verdict
-	judge := func(runs []*ctrRun, deadline time.Time, restart int) *verdict {
-		v := p.waitReady(runs, deadline)
-		if v == nil {
-			v = p.checkLiveness(runs, deadline)
+// restart stops the long-running containers and starts them again (restart
+// n, same volumes), then judges them; it returns the pod's outcome when a
+// restart failed, else nil.
+func (l *podLife) restart(n int) *Outcome {
+	p := l.p
+	for i := len(l.runs) - 1; i >= 0; i-- {
+		p.stop(l.runs[i])
+	}
+	deadline := time.Now().Add(l.budget)
+	l.runs = l.runs[:0]
+	for _, pl := range l.plans {
+		r, err := p.startContainer(pl, n)
+		if err != nil {
+			return p.fail(err)
 		}
-		for _, r := range runs {
-			switch {
-			case r.exited():
-				record(r, OutExited)
-			case r.ready:
-				record(r, OutReady)
-			default:
-				record(r, "not-ready")
-			}
-		}
-		if v == nil {
-			if m := p.observe(runs, res); m != nil && misbehaving == nil {
-				misbehaving = m
-			}
-			for _, r := range runs {
-				if r.exited() {
-					v = p.exitedVerdict(r, "after it was ready")
-					break
-				}
-			}
-		}
-		if v != nil {
-			if restart > 0 {
+		l.runs = append(l.runs, r)
+		if pl.sidecar {
+			if v := p.waitStarted(r, deadline); v != nil {
 				if v.outcome == OutExited {
 					v.outcome = OutRestartExited
 				}
-				v.detail = fmt.Sprintf("restart %d: %s", restart, v.detail)
+				v.detail = fmt.Sprintf("restart %d: %s", n, v.detail)
+				l.record(r, v.outcome)
+				return l.finish(v, v.outcome)
 			}
-			record(v.run, v.outcome)
 		}
-		return v
 	}
-	if v := judge(runs, deadline, 0); v != nil {
-		return finish(v, v.outcome)
+	if v := l.judge(l.runs, deadline, n); v != nil {
+		return l.finish(v, v.outcome)
+	}
+	return nil
+}
+
+// end is the outcome of a pod whose containers all came up (every time).
+func (l *podLife) end() *Outcome {
+	if l.misbehaving != nil {
+		l.record(l.misbehaving.run, OutMisbehaving)
+		return l.finish(l.misbehaving, OutMisbehaving)
+	}
+	return l.finish(nil, OutReady)
+}
+
+// lifecycle runs the pod as the kubelet would and judges it.
+func (p *pod) lifecycle() *Outcome {
+	l := p.newLife()
+	if o := l.start(); o != nil {
+		return o
 	}
 	for n := 1; n <= p.c.Restarts; n++ {
-		for i := len(runs) - 1; i >= 0; i-- {
-			p.stop(runs[i])
-		}
-		deadline := time.Now().Add(budget)
-		runs = runs[:0]
-		for _, pl := range plans {
-			r, err := p.startContainer(pl, n)
-			if err != nil {
-				return p.fail(err)
-			}
-			runs = append(runs, r)
-			if pl.sidecar {
-				if v := p.waitStarted(r, deadline); v != nil {
-					if v.outcome == OutExited {
-						v.outcome = OutRestartExited
-					}
-					v.detail = fmt.Sprintf("restart %d: %s", n, v.detail)
-					record(r, v.outcome)
-					return finish(v, v.outcome)
-				}
-			}
-		}
-		if v := judge(runs, deadline, n); v != nil {
-			return finish(v, v.outcome)
+		if o := l.restart(n); o != nil {
+			return o
 		}
 	}
-	if misbehaving != nil {
-		record(misbehaving.run, OutMisbehaving)
-		return finish(misbehaving, OutMisbehaving)
+	return l.end()
+}
+
+// filePrefix distinguishes the files (logs, run directories) of replicas.
+func (p *pod) filePrefix() string {
+	if p.label == "" {
+		return ""
 	}
-	return finish(nil, OutReady)
+	return p.label + "."
+}
+
+// netSandbox is the network namespace the pod's containers join: the pod's
+// sandbox, or for hostNetwork the node's (nil: the case's node, this process's).
+func (p *pod) netSandbox() *sandbox {
+	if !p.hostNet {
+		return p.sb
+	}
+	return p.nodeSB
 }
 
 // fail turns an oracle failure into a panic caught by cmdInner.

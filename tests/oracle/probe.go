@@ -236,6 +236,9 @@ func (p *pod) execIn(r *ctrRun, argv []string, timeout time.Duration) (int, stri
 type tsStatus struct {
 	BackendState string
 	Self         *struct {
+		ID           string // stable node ID
+		PublicKey    string // node key ("nodekey:...")
+		HostName     string
 		TailscaleIPs []string
 	}
 	ExitNodeStatus *struct {

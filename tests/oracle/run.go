@@ -200,7 +200,8 @@ func cmdRun(args []string) int {
 		result, _ = io.ReadAll(resR)
 		close(readDone)
 	}()
-	hard := time.Duration(c.TimeoutSeconds*float64(c.Restarts+1)*float64(time.Second)) + 45*time.Second
+	replicas := c.Replicas
+	hard := time.Duration(c.TimeoutSeconds*float64((c.Restarts+1)*replicas)*float64(time.Second)) + 45*time.Second + time.Duration(replicas-1)*2*replicaWindow
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 	sigs := make(chan os.Signal, 1)
@@ -292,40 +293,29 @@ func cmdInner(args []string) (err error) {
 		return err
 	}
 
-	p := &pod{c: &c, casedir: casedir, rootfs: rootfs, self: "/proc/self/exe", rt: rt, logf: logf, quiet: quiet, t0: t0}
-	p.hostNet = c.Pod.Spec.HostNetwork
-	p.podIP = podIP
-	p.hostname = c.Pod.Spec.Hostname
-	if p.hostname == "" {
-		p.hostname = c.Pod.Metadata.Name
-	}
-	if len(p.hostname) > 63 {
-		p.hostname = strings.TrimRight(p.hostname[:63], "-.")
-	}
-	if p.hostNet {
-		p.podIP = nodeIP
-		p.hostname = c.NodeName
-	}
+	base := &pod{c: &c, casedir: casedir, rootfs: rootfs, self: "/proc/self/exe", rt: rt, logf: logf, quiet: quiet, t0: t0, login: &loginServer{}}
 	kubeSock := "-"
 	if c.Kube != nil {
 		kubeSock = filepath.Join(casedir, "kube.sock")
 	}
-	// The pod sandbox exists even for hostNetwork pods: the veth pair is what
-	// makes tailscaled see a usable network in the node namespace.
 	// (Keep the holders referenced: a collected stdin pipe would end them.)
-	if p.router, err = startSandbox(p.self, "router", "upstream", "-", "", "uplink0", uplinkNode+netBits); err != nil {
+	if base.router, err = startSandbox(base.self, "router", "upstream", "-", "", "", "uplink0", uplinkNode+netBits); err != nil {
 		return err
 	}
 	if err := nodeDefaultRoute(); err != nil {
 		return fmt.Errorf("node default route: %w", err)
 	}
 	sysctls, sysctlErr := podSysctls(&c.Pod.Spec)
-	if p.hostNet {
+	if c.Pod.Spec.HostNetwork {
 		sysctls = "" // namespaced sysctls of a hostNetwork pod are rejected above
 	}
-	p.sb, err = startSandbox(p.self, "pod", p.hostname, kubeSock, sysctls, "veth0", nodeIP+netBits)
-	if err != nil {
-		return err
+	// The pods' sandboxes (the first one's veth carries the node address the
+	// control server listens on), and the nodes of further hostNetwork replicas.
+	pods := make([]*pod, c.Replicas)
+	for i := range pods {
+		if pods[i], err = base.newReplica(i, kubeSock, sysctls); err != nil {
+			return err
+		}
 	}
 	kubeHost, kubeP := "10.96.0.1", "443"
 	if c.Kube != nil {
@@ -340,51 +330,47 @@ func cmdInner(args []string) (err error) {
 	logf("namespaces ready")
 	// Port 80, as a real control server's plain-HTTP port: tailscaled's
 	// fallback dials assume the standard ports. The namespace is private.
-	p.cp, err = startControl(nodeIP, "80", false, quiet)
+	cp, err := startControl(nodeIP, "80", false, quiet)
 	if err != nil {
 		return fmt.Errorf("control server: %w", err)
 	}
-	logf("control server %s", p.cp.url)
+	logf("control server %s", cp.url)
 	ca, err := newCaseCA()
 	if err != nil {
 		return err
 	}
-	if err := ca.serveTLS(p.cp.srv); err != nil {
+	if err := ca.serveTLS(cp.srv); err != nil {
 		return fmt.Errorf("control server TLS: %w", err)
 	}
-	if p.caBundle, err = ca.writeBundle(rootfs, casedir); err != nil {
+	caBundle, err := ca.writeBundle(rootfs, casedir)
+	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p.peers, err = startPeers(ctx, p.cp, filepath.Join(rootfs, "usr/local/bin"), filepath.Join(casedir, "peers"), c.Peers, logf)
+	peers, err := startPeers(ctx, cp, filepath.Join(rootfs, "usr/local/bin"), filepath.Join(casedir, "peers"), c.Peers, logf)
 	if err != nil {
 		return err
 	}
-	p.penv = &podEnv{c: &c, podIP: p.podIP, hostIP: nodeIP, kubeHost: kubeHost, kubePort: kubeP}
+	for _, p := range pods {
+		p.cp, p.caBundle, p.peers = cp, caBundle, peers
+		p.penv = &podEnv{c: p.c, podIP: p.podIP, hostIP: p.nodeIP, kubeHost: kubeHost, kubePort: kubeP}
+	}
 
 	var o *Outcome
-	if sysctlErr != nil {
+	switch {
+	case sysctlErr != nil:
 		o = &Outcome{Outcome: OutConfigError, Container: c.Containers[0], Detail: sysctlErr.Error(), LastLines: []string{}, Containers: []CtrOutcome{}}
-	} else if err := p.prepareVolumes(); err != nil {
-		var ce *configError
-		if !errors.As(err, &ce) {
+	case len(pods) == 1:
+		p := pods[0]
+		if o, err = p.prepare(); err != nil {
 			return err
 		}
-		name := ""
-		if len(c.Containers) > 0 {
-			name = c.Containers[0]
+		if o == nil {
+			o = p.lifecycle()
 		}
-		o = &Outcome{Outcome: OutConfigError, Container: name, Detail: err.Error(), LastLines: []string{}, Containers: []CtrOutcome{}}
-	} else {
-		if err := p.podFiles(); err != nil {
-			return err
-		}
-		if p.saDir, err = p.serviceAccountDir(); err != nil {
-			return err
-		}
-		p.t0 = time.Now() // the timeout covers the pod, not the harness set-up
-		o = p.lifecycle()
+	default:
+		o = runReplicas(pods)
 	}
 	logf("outcome %s %s %s", o.Outcome, o.Container, o.Detail)
 	return json.NewEncoder(result).Encode(o)

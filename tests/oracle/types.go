@@ -15,6 +15,7 @@ type Case struct {
 	EnvFrom        map[string]map[string]string `json:"envFrom"`
 	Runtime        string                       `json:"runtime"`
 	Restarts       int                          `json:"restarts"`
+	Replicas       int                          `json:"replicas"`
 	Peers          []Peer                       `json:"peers"`
 	Kube           *Kube                        `json:"kube"`
 	TimeoutSeconds float64                      `json:"timeoutSeconds"`
@@ -55,7 +56,12 @@ type CtrOutcome struct {
 	TailnetIP     string  `json:"tailnetIP"`
 	ExitNodeInUse string  `json:"exitNodeInUse"`
 	Seconds       float64 `json:"seconds"`
+	Pod           string  `json:"pod"`     // the pod (replica) it ran in
+	NodeKey       string  `json:"nodeKey"` // tailscale status Self.PublicKey, when queried
 }
+
+// maxReplicas caps "replicas" (larger values run this many).
+const maxReplicas = 3
 
 // Outcome values.
 const (
@@ -385,6 +391,9 @@ func (c *Case) validate() error {
 	if c.Restarts < 0 || c.Restarts > 10 {
 		return fmt.Errorf("restarts %d out of range 0..10", c.Restarts)
 	}
+	if c.Replicas < 0 {
+		return fmt.Errorf("replicas %d: want 1..%d", c.Replicas, maxReplicas)
+	}
 	if c.TimeoutSeconds < 0 || c.TimeoutSeconds > 600 {
 		return fmt.Errorf("timeoutSeconds %v out of range", c.TimeoutSeconds)
 	}
@@ -397,6 +406,12 @@ func (c *Case) defaults() {
 	}
 	if c.TimeoutSeconds == 0 {
 		c.TimeoutSeconds = 25
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Replicas > maxReplicas {
+		c.Replicas = maxReplicas
 	}
 	if c.NodeName == "" {
 		c.NodeName = c.Pod.Spec.NodeName

@@ -78,7 +78,7 @@ func (p *pod) prepareVolumes() error {
 		fsGroup = sc.FSGroup
 	}
 	for _, v := range p.c.Pod.Spec.Volumes {
-		dir := filepath.Join(p.casedir, "volumes", v.Name)
+		dir := filepath.Join(p.dir, "volumes", v.Name)
 		switch {
 		case v.HostPath != nil:
 			vol, err := p.hostPathVolume(v.Name, v.HostPath)
@@ -184,7 +184,7 @@ func (p *pod) hostPathVolume(name string, hp *HostPathSource) (*volume, error) {
 	hostDev := hpath == "/dev" || strings.HasPrefix(hpath, "/dev/")
 	dir := hpath
 	if !hostDev {
-		dir = filepath.Join(p.casedir, "node", filepath.FromSlash(hpath))
+		dir = filepath.Join(p.nodeDir, filepath.FromSlash(hpath))
 	}
 	fi, statErr := os.Stat(dir)
 	if statErr != nil && !hostDev {
@@ -287,7 +287,7 @@ func (p *pod) serviceAccountDir() (string, error) {
 	if ns == "" {
 		ns = p.c.Pod.Metadata.Namespace
 	}
-	dir := filepath.Join(p.casedir, "volumes", "kube-api-access")
+	dir := filepath.Join(p.dir, "volumes", "kube-api-access")
 	err := writeFiles(dir, map[string]string{
 		"token":     p.c.Kube.Token,
 		"ca.crt":    p.c.Kube.CAPEM,
@@ -299,13 +299,13 @@ func (p *pod) serviceAccountDir() (string, error) {
 // podFiles writes /etc/hosts, /etc/hostname and /etc/resolv.conf as the
 // kubelet manages them.
 func (p *pod) podFiles() error {
-	dir := filepath.Join(p.casedir, "podfiles")
+	dir := filepath.Join(p.dir, "podfiles")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	var hosts string
 	if p.hostNet {
-		hosts = fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", nodeIP, p.c.NodeName)
+		hosts = fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", p.nodeIP, p.c.NodeName)
 	} else {
 		hosts = "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n" +
 			fmt.Sprintf("%s\t%s\n", p.podIP, p.hostname)
