@@ -811,6 +811,9 @@ fn check_dir(dirs: &[&str], runtimes: &[&str], require_expectation: bool) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(bin) = oracle_bin() else { return };
     let files: Vec<PathBuf> = only(dirs.iter().flat_map(|d| fixture_files(d)).collect());
+    if files.is_empty() && std::env::var_os("TAILGUARD_ORACLE_ONLY").is_some() {
+        return;
+    }
     let mut cases = Vec::new();
     let mut failures = Vec::new();
     for file in &files {
@@ -858,10 +861,7 @@ fn check_dir(dirs: &[&str], runtimes: &[&str], require_expectation: bool) {
         started.elapsed().as_secs_f64(),
         failures.len()
     );
-    assert!(
-        !cases.is_empty() || !files.is_empty() && std::env::var("TAILGUARD_ORACLE_ONLY").is_ok(),
-        "no cases ran"
-    );
+    assert!(!cases.is_empty(), "no cases ran");
     assert!(
         failures.is_empty(),
         "{} problems:\n\n{}",
