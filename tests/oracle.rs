@@ -141,6 +141,26 @@ fn pod_of(object: &Value) -> Option<(Value, Value)> {
     Some((metadata, spec))
 }
 
+/// Whether a Tailscale container keeps its state in a Secret: TS_KUBE_SECRET
+/// unset (containerboot's default in a cluster) or not empty.
+fn state_in_secret(spec: &Value) -> bool {
+    spec.get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("image").and_then(Value::as_str).is_some_and(|i| i.contains("tailscale")))
+        .any(|c| {
+            let var = c
+                .get("env")
+                .and_then(Value::as_array)
+                .and_then(|env| env.iter().rev().find(|e| e.get("name").and_then(Value::as_str) == Some("TS_KUBE_SECRET")));
+            match var {
+                None => true,
+                Some(e) => e.get("valueFrom").is_some() || !e.get("value").and_then(Value::as_str).unwrap_or_default().is_empty(),
+            }
+        })
+}
+
 /// Secrets and ConfigMaps the manifest itself defines: `secret/NAME/KEY` → value.
 fn manifest_values(docs: &[Document]) -> BTreeMap<String, String> {
     let mut values = BTreeMap::new();
@@ -291,6 +311,7 @@ fn cases_of(file: &Path, runtimes: &[&str]) -> Result<Vec<Case>, String> {
                 continue;
             };
             let object = workload.reference();
+            let kind = doc.object.get("kind").and_then(Value::as_str).unwrap_or_default();
             let containers: Vec<String> = ["initContainers", "containers"]
                 .iter()
                 .filter_map(|f| spec.get(*f).and_then(Value::as_array))
@@ -336,9 +357,11 @@ fn cases_of(file: &Path, runtimes: &[&str]) -> Result<Vec<Case>, String> {
                 "envFrom": env_from,
                 "runtime": runtime,
                 "restarts": 1,
-                // Several pods of one workload share what they share (a state
-                // Secret): run two to see it.
-                "replicas": if workload.many_pods().is_some() { 2 } else { 1 },
+                // Several pods of a workload whose state lives in a Secret
+                // share that Secret: run two to see what it does. (A DaemonSet's
+                // per-node hostPath state is per node by construction, and the
+                // oracle puts pod-network replicas on one node.)
+                "replicas": if workload.many_pods().is_some() && (kind != "DaemonSet" || state_in_secret(&spec)) { 2 } else { 1 },
                 "peers": header.peers.iter().map(|p| json!({
                     "ip": p.ip, "name": p.name, "advertiseExitNode": p.exit_node, "approved": p.approved,
                 })).collect::<Vec<_>>(),
