@@ -8,7 +8,7 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Write a ValidatingAdmissionPolicy and its binding covering the rules CEL can express
-    /// (privileged, host-network, tun-device, literal-auth-key, exit-node-hostname).
+    /// that hold on every runtime (privileged, literal-auth-key, exit-node-hostname).
     Export {
         /// Name of the policy and the binding.
         #[arg(long, default_value = "tailguard-fallback")]

@@ -90,7 +90,7 @@ rules! {
     ProbeHealthzDisabled => "probe-healthz-disabled", Deny, "httpGet /healthz probe that containerboot does not serve";
     ExitNodeHostname => "exit-node-hostname", Deny, "--exit-node given a name, refused while tailscale starts";
     ExitNodeSelf => "exit-node-self", Deny, "one node both advertises and uses an exit node";
-    SharedStateSecret => "shared-state-secret", Deny, "several pods share one TS_KUBE_SECRET (machine key cloning)";
+    SharedStateSecret => "shared-state-secret", Deny, "several pods share one TS_KUBE_SECRET: one tailnet node for all";
     LiteralAuthKey => "literal-auth-key", Deny, "auth key written into the manifest";
     AuthKeyFile => "auth-key-file", Deny, "`file:` auth key at a path no volume provides";
     InvalidHostname => "invalid-hostname", Deny, "--hostname/TS_HOSTNAME that Tailscale rejects";
