@@ -17,25 +17,15 @@
 # plus the first download of ~750 MB of module sources; a warm run takes ~0.1 s.
 set -euo pipefail
 
-log() { printf 'build-kube: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+log_prefix=build-kube
+# shellcheck source=scripts/go-build-common.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/go-build-common.sh"
 
 t_start=$(now)
 repo_root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 kube_mod="$repo_root/tests/kube"
 etcd_mod="$kube_mod/etcd"
 
-# Version of module $2 as required in go.mod $1. Plain text parsing (no `go`
-# invocation) keeps the warm path fast.
-modver() {
-  awk -v m="$2" '
-    $1 == "require" { $1 = ""; $0 = $0 }
-    $1 == m && $2 ~ /^v[0-9]/ { print $2; found = 1; exit }
-    END { if (!found) exit 1 }' "$1" ||
-    die "cannot find $2 in $1"
-}
 
 k8s_ver=$(modver "$kube_mod/go.mod" k8s.io/kubernetes)     # e.g. v1.34.4
 etcd_ver=$(modver "$etcd_mod/go.mod" go.etcd.io/etcd/server/v3) # e.g. v3.6.5
@@ -85,15 +75,9 @@ if command -v flock >/dev/null 2>&1; then
   rm -f -- "$out_dir"/*.tmp.*
 fi
 
-tmp_files=()
-cleanup() { ((${#tmp_files[@]} == 0)) || rm -f -- "${tmp_files[@]}"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
-go_bin=${GO:-$(command -v go || true)}
-[[ -n $go_bin ]] || go_bin=/usr/local/go/bin/go
-[[ -x $go_bin ]] || die "no go toolchain found (set GO=/path/to/go)"
+find_go
 
 # Read-only module mode: the committed go.mod/go.sum must already be complete,
 # so a build never edits them and every source is checked against go.sum.
@@ -109,7 +93,7 @@ build() {
   local mod=$1 pkg=$2 dest=$3
   shift 3
   local tmp="$dest.tmp.$$"
-  tmp_files+=("$tmp")
+  tmp_paths+=("$tmp")
   local t0
   t0=$(now)
   log "building $pkg (module $mod) ..."

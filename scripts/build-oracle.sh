@@ -22,10 +22,9 @@
 # run takes well under a second. Running the oracle needs root.
 set -euo pipefail
 
-log() { printf 'build-oracle: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+log_prefix=build-oracle
+# shellcheck source=scripts/go-build-common.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/go-build-common.sh"
 
 # Bump when the layout of the root filesystem below changes.
 rootfs_layout=1
@@ -34,15 +33,6 @@ t_start=$(now)
 repo_root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 oracle_mod="$repo_root/tests/oracle"
 
-# Version of module $2 as required in go.mod $1 (plain text parsing keeps the
-# warm path fast).
-modver() {
-  awk -v m="$2" '
-    $1 == "require" { $1 = ""; $0 = $0 }
-    $1 == m && $2 ~ /^v[0-9]/ { print $2; found = 1; exit }
-    END { if (!found) exit 1 }' "$1" ||
-    die "cannot find $2 in $1"
-}
 
 ts_ver=$(modver "$oracle_mod/go.mod" tailscale.com) # e.g. v1.96.4
 [[ $ts_ver =~ ^v[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
@@ -103,15 +93,9 @@ if command -v flock >/dev/null 2>&1; then
   fi
 fi
 
-tmp_paths=()
-cleanup() { ((${#tmp_paths[@]} == 0)) || rm -rf -- "${tmp_paths[@]}"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
-go_bin=${GO:-$(command -v go || true)}
-[[ -n $go_bin ]] || go_bin=/usr/local/go/bin/go
-[[ -x $go_bin ]] || die "no go toolchain found (set GO=/path/to/go)"
+find_go
 
 # Read-only module mode: the committed go.mod/go.sum must be complete. -p=1
 # keeps the cold build to one compile job (the machine is shared).
