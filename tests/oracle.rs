@@ -148,15 +148,23 @@ fn state_in_secret(spec: &Value) -> bool {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter(|c| c.get("image").and_then(Value::as_str).is_some_and(|i| i.contains("tailscale")))
+        .filter(|c| {
+            c.get("image")
+                .and_then(Value::as_str)
+                .is_some_and(|i| i.contains("tailscale"))
+        })
         .any(|c| {
-            let var = c
-                .get("env")
-                .and_then(Value::as_array)
-                .and_then(|env| env.iter().rev().find(|e| e.get("name").and_then(Value::as_str) == Some("TS_KUBE_SECRET")));
+            let var = c.get("env").and_then(Value::as_array).and_then(|env| {
+                env.iter()
+                    .rev()
+                    .find(|e| e.get("name").and_then(Value::as_str) == Some("TS_KUBE_SECRET"))
+            });
             match var {
                 None => true,
-                Some(e) => e.get("valueFrom").is_some() || !e.get("value").and_then(Value::as_str).unwrap_or_default().is_empty(),
+                Some(e) => {
+                    e.get("valueFrom").is_some()
+                        || !e.get("value").and_then(Value::as_str).unwrap_or_default().is_empty()
+                }
             }
         })
 }
