@@ -28,6 +28,18 @@ impl Given {
     }
 }
 
+/// One of containerboot's start-up checks.
+struct Check {
+    given: Given,
+    /// The release that introduced it.
+    since: (u32, u32),
+    /// What containerboot prints.
+    reason: &'static str,
+    /// The settings it is about, the first that is set names the path.
+    vars: &'static [&'static str],
+    hint: &'static str,
+}
+
 pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
     if !out.enabled(RuleId::ContainerbootSettings) {
         return;
@@ -112,134 +124,142 @@ fn validate(tc: &TailscaleContainer<'_>, out: &mut Findings<'_>) {
         _ => Given::No,
     });
 
-    // The release that introduced each check (read from containerboot's
-    // source at v1.60, 1.76, 1.78, 1.80, 1.90, 1.94 and 1.96).
-    let since = |check: &str| -> (u32, u32) {
-        match check {
-            c if c.starts_with("TS_EXPERIMENTAL_DEST_DNS_NAME") => (1, 76),
-            c if c.starts_with("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR") => (1, 76),
-            c if c.starts_with("TS_EXPERIMENTAL_ENABLE_FORWARDING") => (1, 76),
-            c if c.contains("TS_HEALTHCHECK_ADDR_PORT") => (1, 78),
-            c if c.contains("TS_ID_TOKEN") || c.contains("TS_AUDIENCE") || c.contains("TS_CLIENT_ID") => (1, 94),
-            _ => (1, 60),
-        }
-    };
-    // A tag older than the check's release: that containerboot lacks it.
-    let runs = |check: &str| tc.version().is_none_or(|v| v >= since(check));
-    // The checks in validate's order: containerboot reports the first only.
-    let checks: [(Given, &str, &[&str], &str); 18] = [
-        (
-            given("TS_DEST_IP").and(userspace),
-            "TS_DEST_IP is not supported with TS_USERSPACE",
-            &["TS_DEST_IP"],
-            KERNEL,
-        ),
-        (
-            given("TS_EXPERIMENTAL_DEST_DNS_NAME").and(userspace),
-            "TS_EXPERIMENTAL_DEST_DNS_NAME is not supported with TS_USERSPACE",
-            &["TS_EXPERIMENTAL_DEST_DNS_NAME"],
-            KERNEL,
-        ),
-        (
-            given("TS_EXPERIMENTAL_DEST_DNS_NAME").and(given("TS_DEST_IP")),
-            "TS_EXPERIMENTAL_DEST_DNS_NAME and TS_DEST_IP cannot both be set",
-            &["TS_EXPERIMENTAL_DEST_DNS_NAME"],
-            "set only one of them",
-        ),
-        (
-            given("TS_TAILNET_TARGET_IP").and(userspace),
-            "TS_TAILNET_TARGET_IP is not supported with TS_USERSPACE",
-            &["TS_TAILNET_TARGET_IP"],
-            KERNEL,
-        ),
-        (
-            given("TS_TAILNET_TARGET_FQDN").and(userspace),
-            "TS_TAILNET_TARGET_FQDN is not supported with TS_USERSPACE",
-            &["TS_TAILNET_TARGET_FQDN"],
-            KERNEL,
-        ),
-        (
-            given("TS_TAILNET_TARGET_FQDN").and(given("TS_TAILNET_TARGET_IP")),
-            "Both TS_TAILNET_TARGET_IP and TS_TAILNET_FQDN cannot be set",
-            &["TS_TAILNET_TARGET_FQDN"],
-            "set only one of them",
-        ),
-        (
-            versioned_config.and(conflicts_with_versioned_config),
-            "TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR cannot be set in combination with TS_HOSTNAME, TS_EXTRA_ARGS, TS_AUTHKEY, TS_ROUTES, TS_ACCEPT_DNS, TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN, TS_AUDIENCE.",
-            &["TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR"],
-            "put those settings in the tailscaled config file, or drop TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR",
-        ),
-        (
-            given("TS_ID_TOKEN").and(not(given("TS_CLIENT_ID"))),
-            "TS_ID_TOKEN is set but TS_CLIENT_ID is not set",
-            &["TS_ID_TOKEN"],
-            "set TS_CLIENT_ID too",
-        ),
-        (
-            given("TS_AUDIENCE").and(not(given("TS_CLIENT_ID"))),
-            "TS_AUDIENCE is set but TS_CLIENT_ID is not set",
-            &["TS_AUDIENCE"],
-            "set TS_CLIENT_ID too",
-        ),
-        (
-            given("TS_ID_TOKEN").and(given("TS_CLIENT_SECRET")),
-            "TS_ID_TOKEN and TS_CLIENT_SECRET cannot both be set",
-            &["TS_ID_TOKEN"],
-            "set only one of them",
-        ),
-        (
-            given("TS_ID_TOKEN").and(given("TS_AUDIENCE")),
-            "TS_ID_TOKEN and TS_AUDIENCE cannot both be set",
-            &["TS_ID_TOKEN"],
-            "set only one of them",
-        ),
-        (
-            given("TS_AUDIENCE").and(given("TS_CLIENT_SECRET")),
-            "TS_AUDIENCE and TS_CLIENT_SECRET cannot both be set",
-            &["TS_AUDIENCE"],
-            "set only one of them",
-        ),
-        (
-            auth_key.and(oauth),
-            "TS_AUTHKEY cannot be used with TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN, or TS_AUDIENCE.",
-            &["TS_AUTHKEY", "TS_AUTH_KEY"],
-            "authenticate with an auth key or with OAuth/workload identity, not both",
-        ),
-        (
-            ingress_proxy.and(userspace),
-            "EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS is not supported in userspace mode",
-            &["EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS"],
-            KERNEL,
-        ),
-        (
-            ingress_proxy.and(not(given("TS_SERVE_CONFIG"))),
-            "EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS is set but this is not a cluster ingress proxy",
-            &["EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS"],
-            "set TS_SERVE_CONFIG, or drop the setting",
-        ),
-        (
-            ingress_proxy.and(not(given("POD_IP"))),
-            "EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS is set but POD_IP is not set",
-            &["EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS"],
-            "set POD_IP from fieldRef status.podIP",
-        ),
-        (
-            flag("TS_EXPERIMENTAL_ENABLE_FORWARDING_OPTIMIZATIONS", false).and(userspace),
-            "TS_EXPERIMENTAL_ENABLE_FORWARDING_OPTIMIZATIONS is not supported in userspace mode",
-            &["TS_EXPERIMENTAL_ENABLE_FORWARDING_OPTIMIZATIONS"],
-            KERNEL,
-        ),
-        (
-            flag("TS_ENABLE_HEALTH_CHECK", false).and(given("TS_HEALTHCHECK_ADDR_PORT")),
-            "TS_HEALTHCHECK_ADDR_PORT is deprecated and will be removed in 1.82.0, use TS_ENABLE_HEALTH_CHECK and optionally TS_LOCAL_ADDR_PORT",
-            &["TS_HEALTHCHECK_ADDR_PORT"],
-            "drop TS_HEALTHCHECK_ADDR_PORT; TS_LOCAL_ADDR_PORT sets where /healthz is served",
-        ),
+    // In validate's order (containerboot reports the first only), each with the
+    // release that introduced it (read from containerboot's source at v1.60,
+    // 1.76, 1.78, 1.80, 1.90, 1.94 and 1.96).
+    let checks = [
+        Check {
+            given: given("TS_DEST_IP").and(userspace),
+            since: (1, 60),
+            reason: "TS_DEST_IP is not supported with TS_USERSPACE",
+            vars: &["TS_DEST_IP"],
+            hint: KERNEL,
+        },
+        Check {
+            given: given("TS_EXPERIMENTAL_DEST_DNS_NAME").and(userspace),
+            since: (1, 76),
+            reason: "TS_EXPERIMENTAL_DEST_DNS_NAME is not supported with TS_USERSPACE",
+            vars: &["TS_EXPERIMENTAL_DEST_DNS_NAME"],
+            hint: KERNEL,
+        },
+        Check {
+            given: given("TS_EXPERIMENTAL_DEST_DNS_NAME").and(given("TS_DEST_IP")),
+            since: (1, 76),
+            reason: "TS_EXPERIMENTAL_DEST_DNS_NAME and TS_DEST_IP cannot both be set",
+            vars: &["TS_EXPERIMENTAL_DEST_DNS_NAME"],
+            hint: "set only one of them",
+        },
+        Check {
+            given: given("TS_TAILNET_TARGET_IP").and(userspace),
+            since: (1, 60),
+            reason: "TS_TAILNET_TARGET_IP is not supported with TS_USERSPACE",
+            vars: &["TS_TAILNET_TARGET_IP"],
+            hint: KERNEL,
+        },
+        Check {
+            given: given("TS_TAILNET_TARGET_FQDN").and(userspace),
+            since: (1, 60),
+            reason: "TS_TAILNET_TARGET_FQDN is not supported with TS_USERSPACE",
+            vars: &["TS_TAILNET_TARGET_FQDN"],
+            hint: KERNEL,
+        },
+        Check {
+            given: given("TS_TAILNET_TARGET_FQDN").and(given("TS_TAILNET_TARGET_IP")),
+            since: (1, 60),
+            reason: "Both TS_TAILNET_TARGET_IP and TS_TAILNET_FQDN cannot be set",
+            vars: &["TS_TAILNET_TARGET_FQDN"],
+            hint: "set only one of them",
+        },
+        Check {
+            given: versioned_config.and(conflicts_with_versioned_config),
+            since: (1, 76),
+            reason: "TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR cannot be set in combination with TS_HOSTNAME, TS_EXTRA_ARGS, TS_AUTHKEY, TS_ROUTES, TS_ACCEPT_DNS, TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN, TS_AUDIENCE.",
+            vars: &["TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR"],
+            hint: "put those settings in the tailscaled config file, or drop TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR",
+        },
+        Check {
+            given: given("TS_ID_TOKEN").and(not(given("TS_CLIENT_ID"))),
+            since: (1, 94),
+            reason: "TS_ID_TOKEN is set but TS_CLIENT_ID is not set",
+            vars: &["TS_ID_TOKEN"],
+            hint: "set TS_CLIENT_ID too",
+        },
+        Check {
+            given: given("TS_AUDIENCE").and(not(given("TS_CLIENT_ID"))),
+            since: (1, 94),
+            reason: "TS_AUDIENCE is set but TS_CLIENT_ID is not set",
+            vars: &["TS_AUDIENCE"],
+            hint: "set TS_CLIENT_ID too",
+        },
+        Check {
+            given: given("TS_ID_TOKEN").and(given("TS_CLIENT_SECRET")),
+            since: (1, 94),
+            reason: "TS_ID_TOKEN and TS_CLIENT_SECRET cannot both be set",
+            vars: &["TS_ID_TOKEN"],
+            hint: "set only one of them",
+        },
+        Check {
+            given: given("TS_ID_TOKEN").and(given("TS_AUDIENCE")),
+            since: (1, 94),
+            reason: "TS_ID_TOKEN and TS_AUDIENCE cannot both be set",
+            vars: &["TS_ID_TOKEN"],
+            hint: "set only one of them",
+        },
+        Check {
+            given: given("TS_AUDIENCE").and(given("TS_CLIENT_SECRET")),
+            since: (1, 94),
+            reason: "TS_AUDIENCE and TS_CLIENT_SECRET cannot both be set",
+            vars: &["TS_AUDIENCE"],
+            hint: "set only one of them",
+        },
+        Check {
+            given: auth_key.and(oauth),
+            since: (1, 94),
+            reason: "TS_AUTHKEY cannot be used with TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN, or TS_AUDIENCE.",
+            vars: &["TS_AUTHKEY", "TS_AUTH_KEY"],
+            hint: "authenticate with an auth key or with OAuth/workload identity, not both",
+        },
+        Check {
+            given: ingress_proxy.and(userspace),
+            since: (1, 60),
+            reason: "EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS is not supported in userspace mode",
+            vars: &["EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS"],
+            hint: KERNEL,
+        },
+        Check {
+            given: ingress_proxy.and(not(given("TS_SERVE_CONFIG"))),
+            since: (1, 60),
+            reason: "EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS is set but this is not a cluster ingress proxy",
+            vars: &["EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS"],
+            hint: "set TS_SERVE_CONFIG, or drop the setting",
+        },
+        Check {
+            given: ingress_proxy.and(not(given("POD_IP"))),
+            since: (1, 60),
+            reason: "EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS is set but POD_IP is not set",
+            vars: &["EXPERIMENTAL_ALLOW_PROXYING_CLUSTER_TRAFFIC_VIA_INGRESS"],
+            hint: "set POD_IP from fieldRef status.podIP",
+        },
+        Check {
+            given: flag("TS_EXPERIMENTAL_ENABLE_FORWARDING_OPTIMIZATIONS", false).and(userspace),
+            since: (1, 76),
+            reason: "TS_EXPERIMENTAL_ENABLE_FORWARDING_OPTIMIZATIONS is not supported in userspace mode",
+            vars: &["TS_EXPERIMENTAL_ENABLE_FORWARDING_OPTIMIZATIONS"],
+            hint: KERNEL,
+        },
+        Check {
+            given: flag("TS_ENABLE_HEALTH_CHECK", false).and(given("TS_HEALTHCHECK_ADDR_PORT")),
+            since: (1, 78),
+            reason: "TS_HEALTHCHECK_ADDR_PORT is deprecated and will be removed in 1.82.0, use TS_ENABLE_HEALTH_CHECK and optionally TS_LOCAL_ADDR_PORT",
+            vars: &["TS_HEALTHCHECK_ADDR_PORT"],
+            hint: "drop TS_HEALTHCHECK_ADDR_PORT; TS_LOCAL_ADDR_PORT sets where /healthz is served",
+        },
     ];
-    for (given, reason, vars, hint) in checks {
-        if given != Given::No && runs(reason) {
-            refuse(tc, given, vars, reason.to_owned(), hint, out);
+    // A tag older than the check's release: that containerboot lacks it.
+    let runs = |since: (u32, u32)| tc.version().is_none_or(|v| v >= since);
+    for c in checks {
+        if c.given != Given::No && runs(c.since) {
+            refuse(tc, c.given, c.vars, c.reason.to_owned(), c.hint, out);
         }
     }
     // Address parsing came with TS_LOCAL_ADDR_PORT (1.78).
