@@ -401,6 +401,16 @@ fn cases_of(file: &Path, runtimes: &[&str]) -> Result<Vec<Case>, String> {
 
 const FIELD_MANAGER: &str = "tailguard-oracle";
 
+/// Server-side apply of one object.
+async fn server_side_apply<K>(api: Api<K>, name: &str, patch: &Patch<Value>) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), patch)
+        .await
+        .map(drop)
+}
+
 /// Gives the case a namespace of its own in the real apiserver (state Secrets
 /// of one case must not leak into another), with the manifest's ServiceAccount,
 /// Secrets, ConfigMaps and RBAC; a manifest that brings no RBAC is a fragment of
@@ -419,13 +429,8 @@ async fn kube_for(cluster: &TestCluster, index: usize, case: &mut Case) -> Resul
     ns.truncate(63);
     let ns = ns.trim_end_matches('-').to_owned();
     let err = |what: &str, e: kube::Error| format!("{what}: {e}");
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &ns,
-            &apply,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
-        )
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+    server_side_apply(Api::<Namespace>::all(client.clone()), &ns, &Patch::Apply(namespace))
         .await
         .map_err(|e| err("namespace", e))?;
     let renamed = |name: &str| format!("{name}-{ns}");
@@ -488,52 +493,19 @@ async fn kube_for(cluster: &TestCluster, index: usize, case: &mut Case) -> Resul
             .unwrap_or_default()
             .to_owned();
         let patch = Patch::Apply(o);
-        let what = format!("{kind}/{name}");
-        match kind.as_str() {
-            "ServiceAccount" => drop(
-                Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-                    .patch(&applied_name, &apply, &patch)
-                    .await
-                    .map_err(|e| err(&what, e))?,
-            ),
-            "Secret" => drop(
-                Api::<Secret>::namespaced(client.clone(), &ns)
-                    .patch(&applied_name, &apply, &patch)
-                    .await
-                    .map_err(|e| err(&what, e))?,
-            ),
-            "ConfigMap" => drop(
-                Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                    .patch(&applied_name, &apply, &patch)
-                    .await
-                    .map_err(|e| err(&what, e))?,
-            ),
-            "Role" => drop(
-                Api::<Role>::namespaced(client.clone(), &ns)
-                    .patch(&applied_name, &apply, &patch)
-                    .await
-                    .map_err(|e| err(&what, e))?,
-            ),
-            "RoleBinding" => drop(
-                Api::<RoleBinding>::namespaced(client.clone(), &ns)
-                    .patch(&applied_name, &apply, &patch)
-                    .await
-                    .map_err(|e| err(&what, e))?,
-            ),
-            "ClusterRole" => drop(
-                Api::<ClusterRole>::all(client.clone())
-                    .patch(&applied_name, &apply, &patch)
-                    .await
-                    .map_err(|e| err(&what, e))?,
-            ),
-            "ClusterRoleBinding" => drop(
-                Api::<ClusterRoleBinding>::all(client.clone())
-                    .patch(&applied_name, &apply, &patch)
-                    .await
-                    .map_err(|e| err(&what, e))?,
-            ),
-            _ => {}
-        }
+        let c = client.clone();
+        let n = applied_name.as_str();
+        let applied = match kind.as_str() {
+            "ServiceAccount" => server_side_apply(Api::<ServiceAccount>::namespaced(c, &ns), n, &patch).await,
+            "Secret" => server_side_apply(Api::<Secret>::namespaced(c, &ns), n, &patch).await,
+            "ConfigMap" => server_side_apply(Api::<ConfigMap>::namespaced(c, &ns), n, &patch).await,
+            "Role" => server_side_apply(Api::<Role>::namespaced(c, &ns), n, &patch).await,
+            "RoleBinding" => server_side_apply(Api::<RoleBinding>::namespaced(c, &ns), n, &patch).await,
+            "ClusterRole" => server_side_apply(Api::<ClusterRole>::all(c), n, &patch).await,
+            "ClusterRoleBinding" => server_side_apply(Api::<ClusterRoleBinding>::all(c), n, &patch).await,
+            _ => Ok(()),
+        };
+        applied.map_err(|e| err(&format!("{kind}/{name}"), e))?;
         has_rbac |= kind.contains("Role");
     }
     // Secrets the pod reads (secretKeyRef, envFrom, volumes) exist in the
@@ -565,8 +537,7 @@ async fn kube_for(cluster: &TestCluster, index: usize, case: &mut Case) -> Resul
             .is_none()
         {
             let doc = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns}, "stringData": data});
-            secrets
-                .patch(&name, &apply, &Patch::Apply(doc))
+            server_side_apply(secrets.clone(), &name, &Patch::Apply(doc))
                 .await
                 .map_err(|e| err("Secret", e))?;
         }
@@ -586,8 +557,7 @@ async fn kube_for(cluster: &TestCluster, index: usize, case: &mut Case) -> Resul
         .map_err(|e| err("get ServiceAccount", e))?
         .is_none()
     {
-        sa_api
-            .patch(&sa, &apply, &Patch::Apply(sa_doc))
+        server_side_apply(sa_api.clone(), &sa, &Patch::Apply(sa_doc))
             .await
             .map_err(|e| err("ServiceAccount", e))?;
     }
@@ -606,12 +576,15 @@ async fn kube_for(cluster: &TestCluster, index: usize, case: &mut Case) -> Resul
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
             "roleRef": {"kind": "Role", "name": "tailscale-state", "apiGroup": "rbac.authorization.k8s.io"}
         });
-        Api::<Role>::namespaced(client.clone(), &ns)
-            .patch("tailscale-state", &apply, &Patch::Apply(role))
-            .await
-            .map_err(|e| err("Role", e))?;
-        Api::<RoleBinding>::namespaced(client.clone(), &ns)
-            .patch("tailscale-state", &apply, &Patch::Apply(binding))
+        server_side_apply(
+            Api::<Role>::namespaced(client.clone(), &ns),
+            "tailscale-state",
+            &Patch::Apply(role),
+        )
+        .await
+        .map_err(|e| err("Role", e))?;
+        let bindings = Api::<RoleBinding>::namespaced(client.clone(), &ns);
+        server_side_apply(bindings, "tailscale-state", &Patch::Apply(binding))
             .await
             .map_err(|e| err("RoleBinding", e))?;
     }
