@@ -627,6 +627,24 @@ func (l *podLife) judge(runs []*ctrRun, deadline time.Time, restart int) *verdic
 // and judges them. It returns the pod's outcome when that is decided
 // (a failure, or `completed` without long-running containers), nil when
 // the long-running containers are up.
+// planAndStart plans container c as the kubelet would and starts it; a
+// configuration the kubelet refuses, or a harness error, is the outcome.
+func (l *podLife) planAndStart(c *Container, init bool) (*ctrPlan, *ctrRun, *Outcome) {
+	pl, err := l.p.plan(c, init)
+	if err != nil {
+		var ce *configError
+		if errors.As(err, &ce) {
+			return nil, nil, l.cfgOutcome(c.Name, err)
+		}
+		return nil, nil, l.p.fail(err)
+	}
+	r, err := l.p.startContainer(pl, 0)
+	if err != nil {
+		return nil, nil, l.p.fail(err)
+	}
+	return pl, r, nil
+}
+
 func (l *podLife) start() *Outcome {
 	p := l.p
 	requested := map[string]bool{}
@@ -640,17 +658,9 @@ func (l *podLife) start() *Outcome {
 		if !requested[c.Name] {
 			continue
 		}
-		pl, err := p.plan(c, true)
-		if err != nil {
-			var ce *configError
-			if errors.As(err, &ce) {
-				return l.cfgOutcome(c.Name, err)
-			}
-			return p.fail(err)
-		}
-		r, err := p.startContainer(pl, 0)
-		if err != nil {
-			return p.fail(err)
+		pl, r, o := l.planAndStart(c, true)
+		if o != nil {
+			return o
 		}
 		if pl.sidecar {
 			l.plans = append(l.plans, pl)
@@ -683,17 +693,9 @@ func (l *podLife) start() *Outcome {
 		if !requested[c.Name] {
 			continue
 		}
-		pl, err := p.plan(c, false)
-		if err != nil {
-			var ce *configError
-			if errors.As(err, &ce) {
-				return l.cfgOutcome(c.Name, err)
-			}
-			return p.fail(err)
-		}
-		r, err := p.startContainer(pl, 0)
-		if err != nil {
-			return p.fail(err)
+		pl, r, o := l.planAndStart(c, false)
+		if o != nil {
+			return o
 		}
 		l.plans = append(l.plans, pl)
 		l.runs = append(l.runs, r)

@@ -104,4 +104,9 @@ for f in "${cases[@]}"; do
   fi
 done
 printf '%d cases (%d skipped), %s s wall with -j %s\n' "${#cases[@]}" "$skipped" "$total" "$jobs"
+# The test suite's run must not pass by skipping.
+if [[ ${TAILGUARD_REQUIRE_TOOLS:-} == 1 && $skipped -gt 0 ]]; then
+  echo "selfcheck: $skipped case(s) skipped, and TAILGUARD_REQUIRE_TOOLS=1 requires every one" >&2
+  fail=1
+fi
 exit $fail
