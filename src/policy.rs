@@ -54,7 +54,7 @@ pub fn fallback_policy(name: &str) -> Vec<Value> {
             "reason": "Forbidden"
         },
         {
-            "expression": "variables.tailscale.all(c, !has(c.env) || c.env.all(e, e.name != 'TS_EXTRA_ARGS' || !has(e.value) || e.value.split(' ').all(t, !t.matches('^--?exit-node=') || t.split('=', 2)[1].matches('^([0-9.]*|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*|auto:.*)$'))))",
+            "expression": "variables.tailscale.all(c, !has(c.env) || c.env.all(e, e.name != 'TS_EXTRA_ARGS' || !has(e.value) || e.value.split(' ').all(t, !t.matches('^--?exit-node=') || t.contains('$(') || t.split('=', 2)[1].matches('^([0-9.]*|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*|auto:.*)$'))))",
             "message": "tailguard fallback [exit-node-hostname]: --exit-node must be the exit node's Tailscale IP; tailscale up refuses a name while it starts",
             "reason": "Forbidden"
         }
