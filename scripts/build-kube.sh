@@ -64,16 +64,8 @@ if [[ ${TAILGUARD_KUBE_REBUILD:-0} != 1 ]] && apiserver_ok && etcd_ok; then
 fi
 
 # Serialise concurrent builds of the same version pair (e.g. parallel test
-# runners); whoever waited re-checks the cache afterwards.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$out_dir/.lock"
-  if ! flock -n 9; then
-    log "another build of $out_dir is running; waiting for it"
-    flock 9
-  fi
-  # Leftovers of builds that were SIGKILLed; safe to remove while holding the lock.
-  rm -f -- "$out_dir"/*.tmp.*
-fi
+# runners).
+lock_cache_dir "$out_dir"
 
 trap_cleanup
 

@@ -80,18 +80,11 @@ if [[ $rebuild != 1 ]] && tailscale_ok && rootfs_ok && oracle_ok; then
 fi
 
 # Serialise concurrent builds of the same version; whoever waited re-checks.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$out_dir/.lock"
-  if ! flock -n 9; then
-    log "another build of $out_dir is running; waiting for it"
-    flock 9
-  fi
-  rm -rf -- "$out_dir"/*.tmp.* # leftovers of builds that were killed
-  if [[ $rebuild != 1 ]] && tailscale_ok && rootfs_ok && oracle_ok; then
-    log "reusing oracle built meanwhile in $out_dir ($(elapsed "$t_start"))"
-    emit
-    exit 0
-  fi
+lock_cache_dir "$out_dir"
+if [[ $rebuild != 1 ]] && tailscale_ok && rootfs_ok && oracle_ok; then
+  log "reusing oracle built meanwhile in $out_dir ($(elapsed "$t_start"))"
+  emit
+  exit 0
 fi
 
 trap_cleanup

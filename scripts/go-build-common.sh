@@ -34,3 +34,16 @@ find_go() {
   [[ -n $go_bin ]] || go_bin=/usr/local/go/bin/go
   [[ -x $go_bin ]] || die "no go toolchain found (set GO=/path/to/go)"
 }
+
+# Takes the build lock of cache directory $1, waiting while another build of it
+# runs (parallel test runners), and removes what builds killed mid-way left
+# there. The lock is held until the script exits.
+lock_cache_dir() {
+  command -v flock >/dev/null 2>&1 || return 0
+  exec 9>"$1/.lock"
+  if ! flock -n 9; then
+    log "another build of $1 is running; waiting for it"
+    flock 9
+  fi
+  rm -rf -- "$1"/*.tmp.*
+}
