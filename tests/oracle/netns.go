@@ -273,23 +273,27 @@ func serveUnixRelay(addr, sock string) error {
 	if err != nil {
 		return fmt.Errorf("kube relay listen %s: %w", addr, err)
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
+	go relayAll(ln, func() (net.Conn, error) { return net.Dial("unix", sock) })
+	return nil
+}
+
+// relayAll accepts connections on ln until it closes and pipes each to a
+// connection from dial (closing it when dial fails).
+func relayAll(ln net.Listener, dial func() (net.Conn, error)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			up, err := dial()
 			if err != nil {
+				c.Close()
 				return
 			}
-			go func() {
-				u, err := net.Dial("unix", sock)
-				if err != nil {
-					c.Close()
-					return
-				}
-				pipeConns(c, u)
-			}()
-		}
-	}()
-	return nil
+			pipeConns(c, up)
+		}()
+	}
 }
 
 // pipeConns copies both ways until both directions are done.

@@ -153,22 +153,7 @@ func cmdRun(args []string) int {
 		}
 		defer ln.Close()
 		target := net.JoinHostPort(host, port)
-		go func() {
-			for {
-				conn, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					up, err := net.DialTimeout("tcp", target, 5*time.Second)
-					if err != nil {
-						conn.Close()
-						return
-					}
-					pipeConns(conn, up)
-				}()
-			}
-		}()
+		go relayAll(ln, func() (net.Conn, error) { return net.DialTimeout("tcp", target, 5*time.Second) })
 	}
 
 	resR, resW, err := os.Pipe()
