@@ -12,6 +12,11 @@
 # and reused on later runs; tailguard-oracle itself is rebuilt when the sources
 # under tests/oracle change. Set TAILGUARD_ORACLE_REBUILD=1 to force a rebuild.
 #
+# Beside the rootfs, `apptools/` holds the clients an emulated app container
+# uses in traffic cases (mounted only into that container, never into the
+# image): the host's curl with its shared libraries (apt-get installs curl if
+# missing). The Go client is tailguard-oracle itself (`http-get`).
+#
 # stdout carries exactly two lines, meant for eval:
 #   TAILGUARD_ORACLE_BIN=/abs/path
 #   TAILGUARD_ORACLE_ROOTFS=/abs/path
@@ -27,8 +32,9 @@ log_prefix=build-oracle
 # shellcheck source=scripts/go-build-common.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/go-build-common.sh"
 
-# Bump when the layout of the root filesystem below changes.
+# Bump when the layout of the root filesystem (or of apptools) below changes.
 rootfs_layout=1
+apptools_layout=1
 
 t_start=$(now)
 repo_root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -46,6 +52,7 @@ out_dir=$(cd -- "$out_dir" && pwd -P)
 oracle_bin="$out_dir/tailguard-oracle"
 rootfs="$out_dir/rootfs"
 tsbin="$rootfs/usr/local/bin"
+apptools="$out_dir/apptools"
 
 # Hash of the oracle's sources: the cached binary must have been built from them.
 src_hash=$(cd -- "$oracle_mod" && cat go.mod go.sum $(LC_ALL=C ls ./*.go) | sha256sum | cut -c1-16)
@@ -62,6 +69,15 @@ rootfs_ok() {
   [[ -f $rootfs/.tailguard-rootfs && -x $rootfs/bin/busybox && -L $rootfs/bin/sh ]] &&
     [[ $(<"$rootfs/.tailguard-rootfs") == "layout=$rootfs_layout tailscale=$ts_ver" ]]
 }
+curl_id() {
+  local c
+  c=$(command -v curl 2>/dev/null) || return 0
+  printf 'curl=%s' "$(sha256sum <"$c" | cut -c1-16)"
+}
+apptools_ok() {
+  [[ -f $apptools/.tailguard-apptools && -x $apptools/bin/curl ]] &&
+    [[ $(<"$apptools/.tailguard-apptools") == "layout=$apptools_layout $(curl_id)" ]]
+}
 oracle_ok() {
   [[ -x $oracle_bin ]] &&
     [[ $("$oracle_bin" version 2>/dev/null) == "tailguard-oracle $src_hash tailscale.com $ts_ver" ]]
@@ -73,7 +89,7 @@ emit() {
 }
 
 rebuild=${TAILGUARD_ORACLE_REBUILD:-0}
-if [[ $rebuild != 1 ]] && tailscale_ok && rootfs_ok && oracle_ok; then
+if [[ $rebuild != 1 ]] && tailscale_ok && rootfs_ok && apptools_ok && oracle_ok; then
   log "reusing cached oracle for tailscale $ts_ver in $out_dir ($(elapsed "$t_start"))"
   emit
   exit 0
@@ -81,7 +97,7 @@ fi
 
 # Serialise concurrent builds of the same version; whoever waited re-checks.
 lock_cache_dir "$out_dir"
-if [[ $rebuild != 1 ]] && tailscale_ok && rootfs_ok && oracle_ok; then
+if [[ $rebuild != 1 ]] && tailscale_ok && rootfs_ok && apptools_ok && oracle_ok; then
   log "reusing oracle built meanwhile in $out_dir ($(elapsed "$t_start"))"
   emit
   exit 0
@@ -189,6 +205,41 @@ EOF
   tailscale_ok || die "the built tailscale binaries do not report version ${ts_ver#v}"
   rootfs_ok || die "rootfs check failed after building it"
   log "root filesystem ready in $rootfs"
+fi
+
+# --- apptools: curl and its libraries, run through their own loader ----------
+if [[ $rebuild == 1 ]] || ! apptools_ok; then
+  if ! command -v curl >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 || die "curl is missing and there is no apt-get"
+    [[ $(id -u) == 0 ]] || die "installing curl needs root"
+    log "installing curl with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >&2 ||
+      { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >&2; }; } ||
+      die "apt-get install curl failed"
+  fi
+  curl_bin=$(command -v curl)
+  at_tmp="$out_dir/apptools.tmp.$$"
+  tmp_paths+=("$at_tmp")
+  rm -rf -- "$at_tmp"
+  mkdir -p -- "$at_tmp/bin" "$at_tmp/lib" "$at_tmp/libexec"
+  cp -L -- "$curl_bin" "$at_tmp/libexec/curl"
+  loader=""
+  while read -r lib; do
+    [[ -n $lib ]] || continue
+    cp -L -- "$lib" "$at_tmp/lib/"
+    if [[ $lib == */ld-linux* || $lib == */ld-musl* ]]; then loader=$(basename -- "$lib"); fi
+  done < <(ldd "$curl_bin" | grep -o '/[^ ]*' | sort -u)
+  [[ -n $loader ]] || die "no dynamic loader found in ldd $curl_bin"
+  # The app image's own paths stay untouched: curl runs through the copied loader.
+  printf '#!/bin/sh\nexec /opt/tailguard-app/lib/%s --library-path /opt/tailguard-app/lib /opt/tailguard-app/libexec/curl "$@"\n' \
+    "$loader" >"$at_tmp/bin/curl"
+  chmod 0755 "$at_tmp/bin/curl"
+  : >"$at_tmp/bin/tailguard-oracle" # mount point for the Go client (this oracle)
+  printf 'layout=%s %s\n' "$apptools_layout" "$(curl_id)" >"$at_tmp/.tailguard-apptools"
+  rm -rf -- "$apptools"
+  mv -- "$at_tmp" "$apptools"
+  apptools_ok || die "apptools check failed after building it"
+  log "app clients ready in $apptools ($("$curl_bin" --version | head -1 | cut -d' ' -f1-2))"
 fi
 
 # --- tailguard-oracle ------------------------------------------------------------

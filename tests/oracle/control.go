@@ -80,12 +80,16 @@ type controlPlane struct {
 	srv    *testcontrol.Server
 	url    string // control URL
 	logURL string // TS_LOG_TARGET
+	// authKey, if set, is the only auth key the server accepts (the
+	// peers use it); any other gets "invalid authkey".
+	authKey string
 }
 
 // startControl starts a control server on nodeIP:port. With requireAuth,
 // every new node must complete an interactive login (which nobody does here),
-// as a node without an auth key must on a real tailnet.
-func startControl(nodeIP, port string, requireAuth bool, logf logger.Logf) (cp *controlPlane, err error) {
+// as a node without an auth key must on a real tailnet. With authKey, only
+// that auth key is accepted.
+func startControl(nodeIP, port string, requireAuth bool, authKey string, logf logger.Logf) (cp *controlPlane, err error) {
 	t := &fakeTB{logf: logf}
 	type result struct {
 		cp  *controlPlane
@@ -104,9 +108,10 @@ func startControl(nodeIP, port string, requireAuth bool, logf logger.Logf) (cp *
 		}()
 		derpMap := integration.RunDERPAndSTUN(t, logger.WithPrefix(logf, "derp: "), nodeIP)
 		srv := &testcontrol.Server{
-			Logf:        logger.WithPrefix(logf, "control: "),
-			DERPMap:     derpMap,
-			RequireAuth: requireAuth,
+			Logf:           logger.WithPrefix(logf, "control: "),
+			DERPMap:        derpMap,
+			RequireAuth:    requireAuth,
+			RequireAuthKey: authKey,
 		}
 		ln, err := net.Listen("tcp", net.JoinHostPort(nodeIP, port))
 		if err != nil {
@@ -129,16 +134,19 @@ func startControl(nodeIP, port string, requireAuth bool, logf logger.Logf) (cp *
 		ls.Listener.Close()
 		ls.Listener = lln
 		ls.Start()
-		ch <- result{&controlPlane{srv: srv, url: hs.URL, logURL: ls.URL}, nil}
+		ch <- result{&controlPlane{srv: srv, url: hs.URL, logURL: ls.URL, authKey: authKey}, nil}
 	}()
 	r := <-ch
 	return r.cp, r.err
 }
 
-// peerNode is a userspace tailscaled in the node network namespace standing
-// in for a tailnet node the manifest refers to.
+// peerNode is a userspace tailscaled standing in for a tailnet node the
+// manifest refers to, on a machine of its own: a network namespace at
+// peerIPFor(i) behind the node (so what it sends as an exit node is seen
+// coming from there), with no route to the cluster's services.
 type peerNode struct {
 	Peer
+	sb      *sandbox
 	realIP  string
 	nodeKey string
 	socket  string
@@ -148,7 +156,7 @@ type peerNode struct {
 
 // startPeers starts every peer concurrently and waits until each is logged
 // in, then approves the exit-node routes of the approved ones.
-func startPeers(ctx context.Context, cp *controlPlane, binDir, dir string, peers []Peer, logf logger.Logf) ([]*peerNode, error) {
+func startPeers(ctx context.Context, self string, cp *controlPlane, binDir, dir string, peers []Peer, logf logger.Logf) ([]*peerNode, error) {
 	nodes := make([]*peerNode, len(peers))
 	errs := make([]error, len(peers))
 	var wg sync.WaitGroup
@@ -156,7 +164,12 @@ func startPeers(ctx context.Context, cp *controlPlane, binDir, dir string, peers
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nodes[i], errs[i] = startPeer(ctx, cp, binDir, filepath.Join(dir, fmt.Sprintf("peer%d", i)), p, logf)
+			sb, err := startSandbox(self, "peer", p.Name, "-", "", peerIPFor(i), fmt.Sprintf("peer%d", i), "")
+			if err != nil {
+				errs[i] = fmt.Errorf("peer %s: %w", p.Name, err)
+				return
+			}
+			nodes[i], errs[i] = startPeer(ctx, self, sb, cp, binDir, filepath.Join(dir, fmt.Sprintf("peer%d", i)), p, logf)
 		}()
 	}
 	wg.Wait()
@@ -166,11 +179,11 @@ func startPeers(ctx context.Context, cp *controlPlane, binDir, dir string, peers
 	return nodes, nil
 }
 
-func startPeer(ctx context.Context, cp *controlPlane, binDir, dir string, p Peer, logf logger.Logf) (*peerNode, error) {
+func startPeer(ctx context.Context, self string, sb *sandbox, cp *controlPlane, binDir, dir string, p Peer, logf logger.Logf) (*peerNode, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	n := &peerNode{Peer: p, socket: filepath.Join(dir, "tailscaled.sock"), logPath: filepath.Join(dir, "tailscaled.log")}
+	n := &peerNode{Peer: p, sb: sb, socket: filepath.Join(dir, "tailscaled.sock"), logPath: filepath.Join(dir, "tailscaled.log")}
 	logFile, err := os.Create(n.logPath)
 	if err != nil {
 		return nil, err
@@ -185,7 +198,7 @@ func startPeer(ctx context.Context, cp *controlPlane, binDir, dir string, p Peer
 		"TS_DISABLE_PORTMAPPER=1",
 		"TS_ASSUME_NETWORK_UP_FOR_TEST=1",
 	}
-	d := exec.Command(filepath.Join(binDir, "tailscaled"),
+	d := exec.Command(self, "netexec", sb.nsPath("net"), filepath.Join(binDir, "tailscaled"),
 		"--tun=userspace-networking",
 		"--statedir="+dir,
 		"--socket="+n.socket,
@@ -219,6 +232,9 @@ func startPeer(ctx context.Context, cp *controlPlane, binDir, dir string, p Peer
 	}
 	if p.AdvertiseExitNode {
 		args = append(args, "--advertise-exit-node")
+	}
+	if cp.authKey != "" {
+		args[4] = "--authkey=" + cp.authKey
 	}
 	up := exec.CommandContext(ctx, filepath.Join(binDir, "tailscale"), args...)
 	up.Env = env

@@ -74,7 +74,10 @@ func serveClusterDNS(kubeIP string) error {
 	if err := addAddr(lo, clusterDNSIP+"/32"); err != nil {
 		return err
 	}
-	d := &clusterDNS{names: map[string]netip.Addr{"kubernetes.default.svc.cluster.local.": netip.MustParseAddr(kubeIP)}}
+	d := &clusterDNS{names: map[string]netip.Addr{
+		"kubernetes.default.svc.cluster.local.": netip.MustParseAddr(kubeIP),
+		serviceName + ".":                       netip.MustParseAddr(serviceIP),
+	}}
 	for _, h := range defaultControlHosts {
 		d.names[h+"."] = netip.MustParseAddr(nodeIP)
 	}

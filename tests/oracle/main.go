@@ -32,7 +32,7 @@ func init() {
 	// main thread so every such change applies to the thread that execs.
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "shim", "exec", "sandbox":
+		case "shim", "exec", "sandbox", "netexec":
 			runtime.LockOSThread()
 		}
 	}
@@ -57,6 +57,10 @@ func main() {
 		err = cmdShim(os.Args[2:])
 	case "exec":
 		err = cmdExec(os.Args[2:])
+	case "netexec":
+		err = cmdNetExec(os.Args[2:])
+	case "http-get":
+		err = cmdHTTPGet(os.Args[2:])
 	default:
 		usage()
 	}

@@ -186,9 +186,27 @@ func (s *sandbox) expect(word string) error {
 	return nil
 }
 
+// cmdNetExec is `netexec NSPATH PROG ARGS...`: it joins the network
+// namespace at NSPATH and executes PROG (a peer's tailscaled).
+func cmdNetExec(args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("want: netexec NSPATH PROG [ARGS...]")
+	}
+	f, err := os.Open(args[0])
+	if err != nil {
+		return err
+	}
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("setns %s: %w", args[0], err)
+	}
+	return syscall.Exec(args[1], args[1:], os.Environ())
+}
+
 // cmdSandbox runs inside fresh network, UTS and IPC namespaces: role "pod"
 // is a pod's network (eth0 IP/24, e.g. 198.18.0.2, default route via the
 // node), also used for the node of a further hostNetwork replica;
+// role "peer" is a tailnet node's machine (like "pod", without a route to
+// the service CIDR);
 // role "router" is the node's upstream (eth0 198.18.1.254/24, forwarding, and
 // an unreachable default route: whatever tries to leave gets an ICMP error).
 func cmdSandbox(args []string) error {
@@ -213,7 +231,7 @@ func cmdSandbox(args []string) error {
 		return err
 	}
 	switch role {
-	case "pod":
+	case "pod", "peer":
 		if net.ParseIP(ip).To4() == nil {
 			return fmt.Errorf("pod sandbox: bad IP %q", ip)
 		}
@@ -236,6 +254,14 @@ func cmdSandbox(args []string) error {
 				if err := os.WriteFile(sysctlPath(name), []byte(val), 0o644); err != nil {
 					return fmt.Errorf("sysctl %s: %w", name, err)
 				}
+			}
+		}
+		if role == "peer" {
+			// A tailnet node elsewhere: the cluster's service addresses
+			// mean nothing there.
+			_, svc, _ := net.ParseCIDR(serviceCIDR)
+			if err := netlink.RouteAdd(&netlink.Route{Dst: svc, Type: unix.RTN_UNREACHABLE}); err != nil {
+				return fmt.Errorf("peer service route: %w", err)
 			}
 		}
 		if kubeSock != "" && kubeSock != "-" {

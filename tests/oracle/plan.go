@@ -227,6 +227,7 @@ func (p *pod) plan(c *Container, isInit bool) (*ctrPlan, error) {
 		}
 		mounts = append(mounts, mountSpec{Source: src, Target: target, Kind: "bind", ReadOnly: vm.ReadOnly || vol.readOnly})
 	}
+	mounts = append(mounts, p.appToolMounts(c.Name)...)
 	for _, f := range []string{"hosts", "hostname", "resolv.conf"} {
 		mounts = append(mounts, mountSpec{Source: filepath.Join(p.podFilesDir, f), Target: "/etc/" + f, Kind: "bind"})
 	}
@@ -343,7 +344,7 @@ func (p *pod) loginControl() (*controlPlane, error) {
 	p.login.mu.Lock()
 	defer p.login.mu.Unlock()
 	if p.login.cp == nil {
-		cp, err := startControl(nodeIP, "0", true, p.quiet)
+		cp, err := startControl(nodeIP, "0", true, "", p.quiet)
 		if err != nil {
 			return nil, fmt.Errorf("interactive control server: %w", err)
 		}

@@ -47,6 +47,8 @@ type pod struct {
 	login    *loginServer // requires interactive login (nodes without an auth key); shared by replicas
 	quiet    logger.Logf
 	peers    []*peerNode
+	traffic  *trafficServers // the traffic targets (nil without a "traffic" request)
+	appTools string          // the traffic clients (curl + libraries) on the host
 	penv     *podEnv
 	hostNet  bool
 	podIP    string
@@ -526,6 +528,7 @@ type podLife struct {
 	runs        []*ctrRun  // their current runs
 	misbehaving *verdict
 	budget      time.Duration
+	traffic     []TrafficResult
 }
 
 func (p *pod) newLife() *podLife {
@@ -564,7 +567,7 @@ func (l *podLife) containers() []CtrOutcome {
 }
 
 func (l *podLife) finish(v *verdict, outcome string) *Outcome {
-	out := &Outcome{Outcome: outcome, LastLines: []string{}, Containers: l.containers()}
+	out := &Outcome{Outcome: outcome, LastLines: []string{}, Containers: l.containers(), Traffic: l.trafficResults()}
 	if v == nil {
 		return out
 	}
@@ -578,7 +581,7 @@ func (l *podLife) finish(v *verdict, outcome string) *Outcome {
 }
 
 func (l *podLife) cfgOutcome(name string, err error) *Outcome {
-	out := &Outcome{Outcome: OutConfigError, Container: name, Detail: err.Error(), LastLines: []string{}, Containers: l.containers()}
+	out := &Outcome{Outcome: OutConfigError, Container: name, Detail: err.Error(), LastLines: []string{}, Containers: l.containers(), Traffic: []TrafficResult{}}
 	out.Containers = append(out.Containers, CtrOutcome{Name: name, Outcome: OutConfigError, Pod: l.p.c.Pod.Metadata.Name})
 	return out
 }
@@ -757,6 +760,13 @@ func (p *pod) lifecycle() *Outcome {
 	if o := l.start(); o != nil {
 		return o
 	}
+	l.runTraffic(0)
+	if tr := p.c.Traffic; tr != nil && tr.RestartContainer != "" {
+		if o := l.restartOne(tr.RestartContainer); o != nil {
+			return o
+		}
+		l.runTraffic(1)
+	}
 	for n := 1; n <= p.c.Restarts; n++ {
 		if o := l.restart(n); o != nil {
 			return o
@@ -791,4 +801,9 @@ type oracleFailure struct{ err error }
 
 func roundSec(d time.Duration) float64 {
 	return float64(d.Milliseconds()) / 1000
+}
+
+// trafficResults is the traffic seen so far ([] when none).
+func (l *podLife) trafficResults() []TrafficResult {
+	return append([]TrafficResult{}, l.traffic...)
 }

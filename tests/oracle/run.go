@@ -210,6 +210,9 @@ func cmdRun(args []string) int {
 		return fail("inner process failed (%v) without an outcome; log tail:\n%s", werr, stderrTail)
 	}
 	out.Seconds = roundSec(time.Since(t0))
+	if out.Traffic == nil {
+		out.Traffic = []TrafficResult{}
+	}
 	enc := json.NewEncoder(os.Stdout)
 	if err := enc.Encode(&out); err != nil {
 		return fail("writing outcome: %v", err)
@@ -315,7 +318,7 @@ func cmdInner(args []string) (err error) {
 	logf("namespaces ready")
 	// Port 80, as a real control server's plain-HTTP port: tailscaled's
 	// fallback dials assume the standard ports. The namespace is private.
-	cp, err := startControl(nodeIP, "80", false, quiet)
+	cp, err := startControl(nodeIP, "80", false, c.AuthKey, quiet)
 	if err != nil {
 		return fmt.Errorf("control server: %w", err)
 	}
@@ -333,12 +336,24 @@ func cmdInner(args []string) (err error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	peers, err := startPeers(ctx, cp, filepath.Join(rootfs, "usr/local/bin"), filepath.Join(casedir, "peers"), c.Peers, logf)
+	peers, err := startPeers(ctx, base.self, cp, filepath.Join(rootfs, "usr/local/bin"), filepath.Join(casedir, "peers"), c.Peers, logf)
 	if err != nil {
 		return err
 	}
+	var traffic *trafficServers
+	if c.Traffic != nil {
+		if traffic, err = startTrafficServers(base.router, ca); err != nil {
+			return err
+		}
+		for _, pn := range peers {
+			if err := traffic.servePeerPage(pn); err != nil {
+				return err
+			}
+		}
+	}
 	for _, p := range pods {
 		p.cp, p.caBundle, p.peers = cp, caBundle, peers
+		p.traffic, p.appTools = traffic, defaultAppTools(rootfs)
 		p.penv = &podEnv{c: p.c, podIP: p.podIP, hostIP: p.nodeIP, kubeHost: kubeHost, kubePort: kubeP}
 	}
 

@@ -66,7 +66,8 @@ func newCaseCA() (*caseCA, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     defaultControlHosts,
-		IPAddresses:  []net.IP{net.ParseIP(nodeIP)},
+		// The control server, and "the internet" of traffic cases.
+		IPAddresses: []net.IP{net.ParseIP(nodeIP), net.ParseIP(internetIP)},
 	}
 	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Case is the JSON document read from stdin by `tailguard-oracle run`.
@@ -19,6 +20,9 @@ type Case struct {
 	Peers          []Peer                       `json:"peers"`
 	Kube           *Kube                        `json:"kube"`
 	TimeoutSeconds float64                      `json:"timeoutSeconds"`
+	Traffic        *Traffic                     `json:"traffic"`
+	// AuthKey, if set, is the only auth key the control server accepts.
+	AuthKey string `json:"authKey"`
 }
 
 // Peer is a tailnet node the manifest refers to.
@@ -46,6 +50,8 @@ type Outcome struct {
 	Detail     string       `json:"detail"`
 	Containers []CtrOutcome `json:"containers"`
 	Seconds    float64      `json:"seconds"`
+	// Traffic: the requests of the case's "traffic", when the pod came up.
+	Traffic []TrafficResult `json:"traffic"`
 }
 
 // CtrOutcome is the per-container part of an Outcome.
@@ -394,6 +400,9 @@ func (c *Case) validate() error {
 	if c.Replicas < 0 {
 		return fmt.Errorf("replicas %d: want 1..%d", c.Replicas, maxReplicas)
 	}
+	if err := c.Traffic.validate(c); err != nil {
+		return fmt.Errorf("traffic: %w", err)
+	}
 	if c.TimeoutSeconds < 0 || c.TimeoutSeconds > 600 {
 		return fmt.Errorf("timeoutSeconds %v out of range", c.TimeoutSeconds)
 	}
@@ -440,4 +449,56 @@ func (c *Case) defaults() {
 	if c.EnvFrom == nil {
 		c.EnvFrom = map[string]map[string]string{}
 	}
+}
+
+func (t *Traffic) validate(c *Case) error {
+	if t == nil {
+		return nil
+	}
+	if c.Replicas > 1 {
+		return fmt.Errorf("not supported with replicas")
+	}
+	requested := map[string]bool{}
+	for _, n := range c.Containers {
+		requested[n] = true
+	}
+	running := func(name string) error {
+		ctr, init, ok := c.Pod.Spec.find(name)
+		if !ok || !requested[name] || (init && ctr.RestartPolicy != "Always") {
+			return fmt.Errorf("container %q is not a requested long-running container", name)
+		}
+		return nil
+	}
+	if t.RestartContainer != "" {
+		if err := running(t.RestartContainer); err != nil {
+			return err
+		}
+	}
+	names := map[string]bool{}
+	for _, r := range t.Requests {
+		if r.Name == "" || strings.Trim(r.Name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" || names[r.Name] {
+			return fmt.Errorf("request name %q: want a unique [a-z0-9-]+", r.Name)
+		}
+		names[r.Name] = true
+		ctr := r.Container
+		if ctr == "" {
+			ctr = t.Container
+		}
+		if err := running(ctr); err != nil {
+			return fmt.Errorf("request %s: %w", r.Name, err)
+		}
+		switch r.Client {
+		case "curl", "go":
+			if !strings.HasPrefix(r.URL, "http://") && !strings.HasPrefix(r.URL, "https://") {
+				return fmt.Errorf("request %s: url %q: want http:// or https://", r.Name, r.URL)
+			}
+			if r.Client == "go" && len(r.Args) > 0 {
+				return fmt.Errorf("request %s: the go client takes no args", r.Name)
+			}
+		case "tailscale":
+		default:
+			return fmt.Errorf("request %s: client %q: want curl, go or tailscale", r.Name, r.Client)
+		}
+	}
+	return nil
 }
