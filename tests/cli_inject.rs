@@ -9,7 +9,8 @@ fn case(name: &str) -> String {
 }
 
 fn inject(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut all = vec!["inject"];
+    let config = case("config/policy.yaml");
+    let mut all = vec!["inject", "--config", &config];
     all.extend_from_slice(args);
     support::run_cli(&all, stdin)
 }
@@ -51,4 +52,19 @@ fn refusals_exit_1_and_bad_input_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("-:1: invalid YAML"));
     let out = inject(&["--namespace-annotations", "novalue"], Some(""));
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Kernel mode with an exit node needs the cluster's CIDRs (injection.noProxy)
+/// to keep cluster DNS and Services off the exit node; without them the pod is
+/// refused with that reason (tests/injection_traffic.rs shows what breaks).
+#[test]
+fn tun_with_an_exit_node_needs_the_cluster_cidrs() {
+    let out = support::run_cli(&["inject", "-f", &case("tun-in-privileged.yaml")], None);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cluster DNS and Services would be sent to the exit node")
+            && stderr.contains("injection.noProxy"),
+        "{stderr}"
+    );
 }

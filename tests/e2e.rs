@@ -242,6 +242,14 @@ fn render(helm: &Path, values: &[(String, String)], url: &str, ca_bundle: &str) 
     harness::render_chart(helm, &repo().join("charts/tailguard"), RELEASE, RELEASE_NAMESPACE, &all)
 }
 
+/// The golden injection cases' policy (tests/inject/config/policy.yaml) as
+/// the chart value that carries it: `{10.244.0.0/16,10.96.0.0/12}`.
+fn golden_no_proxy() -> String {
+    let config = tailguard::config::Config::load(&repo().join("tests/inject/config/policy.yaml"))
+        .expect("tests/inject/config/policy.yaml");
+    format!("{{{}}}", config.injection.no_proxy.join(","))
+}
+
 // --- objects ---
 
 fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
@@ -758,7 +766,13 @@ async fn every_workload_kind_reaches_the_validating_webhook() {
 /// are left alone; a bad annotation is refused, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_injection_through_the_apiserver() {
-    let Some(env) = Env::start("sidecar_injection_through_the_apiserver", Setup::default()).await else {
+    let no_proxy = golden_no_proxy();
+    let values = [("config.injection.noProxy", no_proxy.as_str())];
+    let setup = Setup {
+        values: &values,
+        ..Setup::default()
+    };
+    let Some(env) = Env::start("sidecar_injection_through_the_apiserver", setup).await else {
         return;
     };
     let case = docs("tests/inject/namespace-opt-in.yaml");
@@ -984,7 +998,13 @@ async fn sidecar_injection_through_the_apiserver() {
 /// fail with the golden text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injection_golden_cases_through_the_apiserver() {
-    let Some(env) = Env::start("injection_golden_cases_through_the_apiserver", Setup::default()).await else {
+    let no_proxy = golden_no_proxy();
+    let values = [("config.injection.noProxy", no_proxy.as_str())];
+    let setup = Setup {
+        values: &values,
+        ..Setup::default()
+    };
+    let Some(env) = Env::start("injection_golden_cases_through_the_apiserver", setup).await else {
         return;
     };
     let dir = repo().join("tests/inject");

@@ -82,9 +82,15 @@ fn pod_review(pod: &Value) -> Vec<u8> {
     .expect("review JSON")
 }
 
+/// The policy every golden case is injected with (tests/inject/config/policy.yaml).
+fn golden_config() -> Config {
+    Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inject/config/policy.yaml"))
+        .expect("tests/inject/config/policy.yaml")
+}
+
 /// Runs the webhook on `pod`; returns the patched pod, or None when no patch came back.
 fn webhook(pod: &Value, ns: &dyn NamespaceSource) -> Result<Option<Value>, String> {
-    let reviewed = mutate(&pod_review(pod), &Config::default(), ns).map_err(|e| e.to_string())?;
+    let reviewed = mutate(&pod_review(pod), &golden_config(), ns).map_err(|e| e.to_string())?;
     let response: Value = serde_json::from_slice(&reviewed.body).map_err(|e| e.to_string())?;
     let r = &response["response"];
     assert_eq!(r["uid"], "c0ffee00-0000-4000-8000-000000000001");
@@ -109,7 +115,7 @@ fn run_case(case: &Path, bless: bool) -> Result<(), String> {
     let text = std::fs::read_to_string(case).map_err(|e| e.to_string())?;
     let input = objects(&name, &text);
     let ns = namespaces(&input);
-    let config = Config::default();
+    let config = golden_config();
     let result = inject_stream(&name, &text, &BTreeMap::new(), &config);
     let denied_file = case.with_extension("denied.txt");
     let golden = PathBuf::from(name.replace(".yaml", ".injected.yaml"));

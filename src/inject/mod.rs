@@ -3,10 +3,12 @@
 //! Patch. The mutating webhook and `tailguard inject` both call [`decide`].
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, Probe,
-    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    HostPathVolumeSource, ObjectFieldSelector, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -30,6 +32,12 @@ pub const INJECT_LABEL: &str = "tailguard.io/inject";
 pub const INJECTED_ANNOTATION: &str = "tailguard.io/injected";
 pub const SIDECAR_NAME: &str = "tailscale";
 const TUN_VOLUME: &str = "tailguard-tun";
+/// An emptyDir for the LocalAPI socket at the path the `tailscale` CLI uses
+/// by default, so `kubectl exec -c tailscale -- tailscale status` works with
+/// no flags. A non-root containerboot cannot create /var/run/tailscale in
+/// the image ("failed to symlink socket: ... permission denied").
+const RUN_VOLUME: &str = "tailguard-run";
+const SOCKET_DIR: &str = "/var/run/tailscale";
 
 /// How opt-in is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +142,22 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
             level.as_str()
         ));
     }
+    // Kernel mode with an exit node: tailscaled's policy routing sends all
+    // but the pod's own subnet to the exit node (--exit-node-allow-lan-access
+    // keeps only directly connected subnets), cluster DNS and Services
+    // included. The routes init container keeps the cluster's CIDRs local.
+    let routes = match (settings.mode, settings.exit_node) {
+        (Mode::Tun, Some(exit)) => {
+            let cidrs = cluster_cidrs(&inj.no_proxy);
+            if cidrs.is_empty() {
+                return Decision::Deny(format!(
+                    "tailguard.io/mode=tun with exit node {exit}: in kernel mode tailscaled routes everything except the pod's own subnet to the exit node (--exit-node-allow-lan-access keeps only directly connected subnets local), so cluster DNS and Services would be sent to the exit node and time out. tailguard keeps the cluster's CIDRs local with ip rules, but injection.noProxy in its config lists none: add the cluster's pod and service CIDRs there (e.g. 10.244.0.0/16, 10.96.0.0/12), or use tailguard.io/mode=userspace"
+                ));
+            }
+            Some(routes_container(&settings, config, &cidrs))
+        }
+        _ => None,
+    };
     let sidecar = sidecar(&settings, config);
     let app_env = proxy_env(&settings, config);
     let hash = spec_hash(&sidecar, &app_env);
@@ -159,28 +183,42 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
             p.append(&["spec", "containers", &index, "env"], !existing.is_empty(), missing);
         }
     }
+    let mut has_init = pod.init_containers.as_ref().is_some_and(|v| !v.is_empty());
     if inj.native_sidecar {
-        let has_init = pod.init_containers.as_ref().is_some_and(|v| !v.is_empty());
         p.prepend(&["spec", "initContainers"], has_init, sidecar);
+        has_init = true;
     } else {
         p.append(&["spec", "containers"], true, vec![sidecar]);
     }
+    if let Some(routes) = routes {
+        // First of all: the rules must exist before tailscaled routes anything.
+        let routes = serde_json::to_value(routes).unwrap_or(Value::Null);
+        p.prepend(&["spec", "initContainers"], has_init, routes);
+    }
+    let mut volumes = vec![Volume {
+        name: RUN_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
     if settings.mode == Mode::Tun {
-        let volume = Volume {
+        volumes.push(Volume {
             name: TUN_VOLUME.into(),
             host_path: Some(HostPathVolumeSource {
                 path: "/dev/net/tun".into(),
                 type_: Some("CharDevice".into()),
             }),
             ..Default::default()
-        };
-        let has_volumes = pod.volumes.as_ref().is_some_and(|v| !v.is_empty());
-        p.append(
-            &["spec", "volumes"],
-            has_volumes,
-            vec![serde_json::to_value(volume).unwrap_or(Value::Null)],
-        );
+        });
     }
+    let has_volumes = pod.volumes.as_ref().is_some_and(|v| !v.is_empty());
+    p.append(
+        &["spec", "volumes"],
+        has_volumes,
+        volumes
+            .iter()
+            .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
+            .collect(),
+    );
     let mut summary = format!(
         "injected Tailscale egress sidecar `{SIDECAR_NAME}` ({} mode, auth Secret {}/{}",
         settings.mode.as_str(),
@@ -244,15 +282,18 @@ pub fn sidecar(s: &Settings, config: &Config) -> Container {
         env("TS_KUBE_SECRET", ""),
         env("TS_HOSTNAME", "$(POD_NAME)"),
         env("TS_USERSPACE", if s.mode == Mode::Userspace { "true" } else { "false" }),
+        env("TS_SOCKET", format!("{SOCKET_DIR}/tailscaled.sock")),
         env("TS_ENABLE_HEALTH_CHECK", "true"),
         env("TS_LOCAL_ADDR_PORT", format!("[::]:{DEFAULT_HEALTH_PORT}")),
     ];
     if s.mode == Mode::Userspace {
+        // 127.0.0.1, not localhost: Go listens on one address of a name
+        // (127.0.0.1 here), and the apps are told this exact address.
         vars.push(env(
             "TS_OUTBOUND_HTTP_PROXY_LISTEN",
-            format!("localhost:{}", inj.http_proxy_port),
+            format!("{PROXY_HOST}:{}", inj.http_proxy_port),
         ));
-        vars.push(env("TS_SOCKS5_SERVER", format!("localhost:{}", inj.socks5_port)));
+        vars.push(env("TS_SOCKS5_SERVER", format!("{PROXY_HOST}:{}", inj.socks5_port)));
     }
     let mut args = Vec::new();
     if let Some(exit) = s.exit_node {
@@ -271,15 +312,32 @@ pub fn sidecar(s: &Settings, config: &Config) -> Container {
     if !args.is_empty() {
         vars.push(env("TS_EXTRA_ARGS", args.join(" ")));
     }
-    let healthz = |period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
-            port: IntOrString::Int(i32::from(DEFAULT_HEALTH_PORT)),
+    // /healthz passes once the node has tailnet IPs. With an exit node that
+    // is not enough: an exit node IP that is not in the tailnet (or not
+    // approved) leaves the proxies dialling the internet directly, so the
+    // probes require the exit node to be selected and offering exit routes,
+    // and the app does not start until it is.
+    let check = match s.exit_node {
+        None => Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".into()),
+                port: IntOrString::Int(i32::from(DEFAULT_HEALTH_PORT)),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
+        },
+        Some(exit) => Probe {
+            exec: Some(ExecAction {
+                command: Some(vec!["/bin/sh".into(), "-c".into(), exit_node_check(exit)]),
+            }),
+            timeout_seconds: Some(5),
+            ..Default::default()
+        },
+    };
+    let healthz = |period: i32, failures: i32| Probe {
         period_seconds: Some(period),
         failure_threshold: Some(failures),
-        ..Default::default()
+        ..check.clone()
     };
     let mut resources = inj.resources.clone();
     for (section, resource, quantity) in &s.resources {
@@ -324,15 +382,82 @@ pub fn sidecar(s: &Settings, config: &Config) -> Container {
         startup_probe: Some(healthz(2, 60)),
         readiness_probe: Some(healthz(10, 3)),
         restart_policy: inj.native_sidecar.then(|| "Always".to_owned()),
-        volume_mounts: (s.mode == Mode::Tun).then(|| {
-            vec![VolumeMount {
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: RUN_VOLUME.into(),
+                mount_path: SOCKET_DIR.into(),
+                ..Default::default()
+            })
+            .chain((s.mode == Mode::Tun).then(|| VolumeMount {
                 name: TUN_VOLUME.into(),
                 mount_path: "/dev/net/tun".into(),
                 ..Default::default()
-            }]
+            }))
+            .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The init container that keeps the cluster's CIDRs off the exit node in
+/// kernel mode. tailscaled's own rules sit at priority 5210-5270 (table 52);
+/// these come first and send cluster destinations to the main table.
+pub const ROUTES_NAME: &str = "tailguard-routes";
+const ROUTES_PRIORITY: u16 = 2500;
+
+fn routes_container(s: &Settings, config: &Config, cidrs: &[(IpAddr, u8)]) -> Container {
+    // Idempotent: a re-run of the init container in the same sandbox
+    // first removes what an earlier run added.
+    let mut script = format!(
+        "set -e; while ip rule del pref {ROUTES_PRIORITY} 2>/dev/null; do :; done; while ip -6 rule del pref {ROUTES_PRIORITY} 2>/dev/null; do :; done"
+    );
+    for (ip, bits) in cidrs {
+        let family = if ip.is_ipv6() { "-6 " } else { "" };
+        let _ = write!(
+            script,
+            "; ip {family}rule add to {ip}/{bits} lookup main pref {ROUTES_PRIORITY}"
+        );
+    }
+    Container {
+        name: ROUTES_NAME.into(),
+        image: Some(s.image.clone()),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        resources: Some(config.injection.resources.clone()),
+        security_context: Some(SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// The address ranges among injection.noProxy entries (an address alone is
+/// a /32 or /128), re-formatted from their parsed values.
+fn cluster_cidrs(no_proxy: &[String]) -> Vec<(IpAddr, u8)> {
+    no_proxy
+        .iter()
+        .filter_map(|entry| {
+            let (ip, bits) = entry.trim().split_once('/').unwrap_or((entry.trim(), ""));
+            let ip: IpAddr = ip.parse().ok()?;
+            let max = if ip.is_ipv6() { 128 } else { 32 };
+            let bits = if bits.is_empty() { max } else { bits.parse().ok()? };
+            (bits <= max).then_some((ip, bits))
+        })
+        .collect()
+}
+
+/// Where the userspace sidecar's proxies listen, and where apps are sent.
+const PROXY_HOST: &str = "127.0.0.1";
+
+/// The exit-node probe: `tailscale exit-node list` shows only peers that
+/// offer exit routes, and marks the one in use "selected".
+fn exit_node_check(exit: IpAddr) -> String {
+    format!(
+        "tailscale exit-node list 2>&1 | grep -q selected || {{ echo 'exit node {exit} is not in use (tailscale exit-node list shows none selected): make sure {exit} is a node of this tailnet and approved as an exit node'; exit 1; }}"
+    )
 }
 
 /// Proxy variables for the app containers (userspace mode): egress through
@@ -342,8 +467,8 @@ pub fn proxy_env(s: &Settings, config: &Config) -> Vec<EnvVar> {
         return Vec::new();
     }
     let inj = &config.injection;
-    let http = format!("http://localhost:{}", inj.http_proxy_port);
-    let socks = format!("socks5://localhost:{}", inj.socks5_port);
+    let http = format!("http://{PROXY_HOST}:{}", inj.http_proxy_port);
+    let socks = format!("socks5://{PROXY_HOST}:{}", inj.socks5_port);
     let domain = inj.cluster_domain.trim_matches('.');
     let mut no_proxy = vec![
         "localhost".to_owned(),
