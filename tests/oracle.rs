@@ -16,13 +16,13 @@ mod tools;
 mod fixtures;
 #[path = "support/kube.rs"]
 mod harness;
+#[path = "support/oracle_run.rs"]
+mod oracle_run;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -608,47 +608,7 @@ async fn kube_for(cluster: &TestCluster, index: usize, case: &mut Case) -> Resul
 }
 
 fn run_oracle(bin: &Path, request: &Value) -> Result<Outcome, String> {
-    let mut child = Command::new(bin)
-        .arg("run")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-    let input = serde_json::to_vec(request).map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(&input)
-        .map_err(|e| format!("write case: {e}"))?;
-    // The oracle bounds each case itself; this is the backstop.
-    let deadline = Instant::now() + Duration::from_secs(CASE_TIMEOUT_SECS * 3 + 30);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                return Err("the oracle itself did not finish".into());
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "oracle failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "oracle output is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })?;
+    let v = oracle_run::run_oracle(bin, request, Duration::from_secs(CASE_TIMEOUT_SECS * 3 + 30))?;
     let lines = v
         .get("lastLines")
         .and_then(Value::as_array)
@@ -737,35 +697,17 @@ fn judge(case: &Case, outcome: &Outcome) -> Option<String> {
 
 /// Runs the cases on a few workers; returns each case's result line and the failures.
 fn run_cases(bin: &Path, cases: &[Case]) -> (Vec<String>, Vec<String>) {
-    let jobs: usize = std::env::var("TAILGUARD_ORACLE_JOBS")
-        .ok()
-        .and_then(|j| j.parse().ok())
-        .unwrap_or(3);
-    let next = AtomicUsize::new(0);
-    let results = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(case) = cases.get(i) else { break };
-                    // For a closer look: `tailguard-oracle run --keep < DIR/N.json`.
-                    if let Some(dir) = std::env::var_os("TAILGUARD_ORACLE_DUMP") {
-                        let _ = std::fs::create_dir_all(&dir);
-                        let _ = std::fs::write(Path::new(&dir).join(format!("{i}.json")), case.request.to_string());
-                    }
-                    let result = run_oracle(bin, &case.request);
-                    results.lock().unwrap_or_else(|e| e.into_inner()).push((i, result));
-                }
-            });
+    let results = oracle_run::in_parallel(cases, |i, case| {
+        // For a closer look: `tailguard-oracle run --keep < DIR/N.json`.
+        if let Some(dir) = std::env::var_os("TAILGUARD_ORACLE_DUMP") {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(Path::new(&dir).join(format!("{i}.json")), case.request.to_string());
         }
+        run_oracle(bin, &case.request)
     });
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    results.sort_by_key(|(i, _)| *i);
     let mut lines = Vec::new();
     let mut failures = Vec::new();
-    for (i, result) in results {
-        let case = &cases[i];
+    for (case, result) in cases.iter().zip(results) {
         let verdict = if case.denies.is_empty() { "admit" } else { "deny" };
         match result {
             Err(e) => failures.push(format!("{}: oracle error: {e}", case.label)),
