@@ -813,7 +813,7 @@ async fn sidecar_injection_through_the_apiserver() {
     assert!(env_of(init, "TS_EXTRA_ARGS").is_some_and(|a| a.contains("--exit-node=100.64.0.1")));
     assert_eq!(
         env_of(&spec.containers[0], "HTTPS_PROXY").as_deref(),
-        Some("http://localhost:1055")
+        Some("http://127.0.0.1:1055")
     );
     let annotation = injected_annotation(&web).expect("tailguard.io/injected");
     assert!(

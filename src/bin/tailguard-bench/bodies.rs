@@ -575,8 +575,8 @@ fn ts_sidecar(extra: usize) -> Value {
         json!({"name": "TS_EXTRA_ARGS", "value": "--advertise-tags=tag:checkout --accept-routes"}),
         json!({"name": "TS_ENABLE_HEALTH_CHECK", "value": "true"}),
         json!({"name": "TS_LOCAL_ADDR_PORT", "value": "[::]:9002"}),
-        json!({"name": "TS_OUTBOUND_HTTP_PROXY_LISTEN", "value": "localhost:1055"}),
-        json!({"name": "TS_SOCKS5_SERVER", "value": "localhost:1080"}),
+        json!({"name": "TS_OUTBOUND_HTTP_PROXY_LISTEN", "value": "127.0.0.1:1055"}),
+        json!({"name": "TS_SOCKS5_SERVER", "value": "127.0.0.1:1080"}),
     ];
     env.extend(app_env(extra + 2).into_iter().skip(2));
     let mut c = json!({
