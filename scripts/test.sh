@@ -3,7 +3,9 @@
 # kubectl, the tailscale CLI, kubernetes-validate), builds kube-apiserver
 # and etcd and the runtime oracle (the real containerboot, tailscaled and
 # tailscale of the pinned release) from the Go module proxy (cached by version under
-# ${TAILGUARD_CACHE:-~/.cache/tailguard}), then runs fmt, clippy and every test
+# ${TAILGUARD_CACHE:-~/.cache/tailguard}), builds the container image twice and
+# checks the digests match (scripts/image.sh --reproducible; tests/image.rs
+# smoke-runs it), then runs fmt, clippy and every test
 # with missing tools treated as failures, not skips, and the dependency policy
 # (scripts/deny.sh: licenses, bans, sources).
 set -euo pipefail
@@ -14,6 +16,7 @@ set -a
 eval "$(scripts/install-tools.sh)"
 eval "$(scripts/build-kube.sh)"
 eval "$(scripts/build-oracle.sh)"
+eval "$(scripts/image.sh --reproducible)"
 TAILGUARD_REQUIRE_TOOLS=1
 set +a
 echo "test.sh: tools ready in $(( $(date +%s) - start ))s" >&2

@@ -913,7 +913,7 @@ impl Drop for Webhook {
 }
 
 /// The addresses from tailguard's `listening` log line.
-fn listening(log: &str) -> Option<(SocketAddr, SocketAddr)> {
+pub fn listening(log: &str) -> Option<(SocketAddr, SocketAddr)> {
     log.lines().find_map(|line| {
         let value: Value = serde_json::from_str(line).ok()?;
         let fields = value.get("fields").unwrap_or(&value);
