@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use base64::Engine as _;
 
-use crate::config::Config;
+use crate::config::{Config, ENFORCEMENT_ANNOTATION, Enforcement};
 use crate::inject::{self, Decision, OptIn};
 use crate::rules::{self, Finding, NamespaceFacts, RuleId, Severity};
 use crate::workload::{Meta, Workload, WorkloadKind};
@@ -71,6 +71,14 @@ pub struct Verdict {
     pub patch: Option<json_patch::Patch>,
     /// Warnings besides warn findings (what was injected, or why not).
     pub notes: Vec<String>,
+    /// The enforcement mode applied to the rule findings; `None` when no rules
+    /// ran (not a workload, unreadable, terminating, `/mutate`).
+    pub enforcement: Option<Enforcement>,
+    /// Rules with a deny finding that did not refuse the object because the
+    /// mode is `warn` or `audit` (each rule once). In those modes the findings
+    /// keep their deny severity: an allowed review with deny findings is
+    /// exactly one admitted by the mode, which is what the metrics count.
+    pub would_deny: Vec<RuleId>,
 }
 
 impl Verdict {
@@ -84,6 +92,8 @@ impl Verdict {
             denied: None,
             patch: None,
             notes: Vec::new(),
+            enforcement: None,
+            would_deny: Vec::new(),
         }
     }
 }
@@ -262,15 +272,57 @@ fn decide_validate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Na
         && rules::applies(&workload, config)
     {
         verdict.notes.push(format!(
-            "tailguard: {why}: pod-security-level and {} were not applied to this object",
+            "tailguard: {why}: pod-security-level, {} and {ENFORCEMENT_ANNOTATION} were not applied to this object",
             rules::SKIP_RULES_ANNOTATION
         ));
     }
     if request.operation == Operation::Update && verdict.findings.iter().any(|f| f.severity == Severity::Deny) {
         keep_existing_violations(request, &workload, config, &facts, &mut verdict.findings);
     }
-    verdict.allowed = !verdict.findings.iter().any(|f| f.severity == Severity::Deny);
+    let (mode, bad_annotation) = enforcement(config, &facts, workload.namespace());
+    // Said only where tailguard's rules run: other pods of the namespace are unaffected.
+    if let Some(warning) = bad_annotation
+        && rules::applies(&workload, config)
+    {
+        verdict.notes.push(warning);
+    }
+    verdict.enforcement = Some(mode);
+    // The mode acts on what would have been refused, after the UPDATE
+    // downgrade above: only violations the update introduces are concerned.
+    let denied_rules = verdict.findings.iter().filter(|f| f.severity == Severity::Deny);
+    if mode == Enforcement::Deny {
+        verdict.allowed = denied_rules.count() == 0;
+    } else {
+        for f in denied_rules {
+            if !verdict.would_deny.contains(&f.rule) {
+                verdict.would_deny.push(f.rule);
+            }
+        }
+    }
     verdict
+}
+
+/// The enforcement mode for a namespace: its [`ENFORCEMENT_ANNOTATION`] if
+/// valid, else the policy's (also when the namespace is unknown). A value
+/// tailguard does not understand is ignored with a warning, never guessed at:
+/// guessing `deny` would refuse pods the namespace owner meant to let through,
+/// guessing `audit` would enforce less than the policy says.
+fn enforcement(config: &Config, facts: &NamespaceFacts, namespace: Option<&str>) -> (Enforcement, Option<String>) {
+    let policy = config.enforcement;
+    let Some(value) = facts.annotation(ENFORCEMENT_ANNOTATION) else {
+        return (policy, None);
+    };
+    if let Some(mode) = Enforcement::from_name(value.trim()) {
+        return (mode, None);
+    }
+    // Bounded: the annotation is user input and warnings share a 4 KiB budget.
+    let shown: String = value.chars().take(64).collect();
+    let cut = if shown.len() < value.len() { "..." } else { "" };
+    let warning = format!(
+        "tailguard: annotation {ENFORCEMENT_ANNOTATION}={shown:?}{cut} on namespace {} is not deny|warn|audit; using {policy}",
+        namespace.unwrap_or("-")
+    );
+    (policy, Some(warning))
 }
 
 /// On UPDATE, a violation the old object already had does not block the update
@@ -343,6 +395,10 @@ fn stable_path(w: &Workload, path: &str) -> String {
     out
 }
 
+/// Enforcement modes do not apply here: an injection denial is not a policy
+/// finding to roll out gradually but a pod that asked for a sidecar tailguard
+/// cannot build as asked (an invalid annotation, a namespace not readable yet).
+/// Admitting it would start the pod without the egress it depends on.
 fn decide_mutate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
     // Pods are injected when created; templates are left alone.
     if request.operation != Operation::Create || request.kind.kind != "Pod" {
@@ -379,12 +435,28 @@ pub fn denial_message(object: &str, findings: &[Finding]) -> String {
     message
 }
 
+/// The warnings of a review: with `enforcement: warn`, the deny findings that
+/// were let through (first: they matter most), then the warn findings.
+fn warnings(verdict: &Verdict) -> Vec<String> {
+    let mut out = Vec::new();
+    // `audit` records would-be denials in logs and metrics only.
+    if verdict.enforcement == Some(Enforcement::Warn) && !verdict.would_deny.is_empty() {
+        out = grouped_warnings(
+            &verdict.findings,
+            Severity::Deny,
+            "tailguard would deny (enforcement: warn):",
+        );
+    }
+    out.extend(grouped_warnings(&verdict.findings, Severity::Warn, "tailguard:"));
+    out
+}
+
 /// One warning per rule, listing every path: the apiserver cuts each warning
 /// to 256 characters once a response's warnings pass 4 KiB, which would drop
 /// the fixes if every finding had its own.
-fn warnings(findings: &[Finding]) -> Vec<String> {
+fn grouped_warnings(findings: &[Finding], severity: Severity, prefix: &str) -> Vec<String> {
     let mut grouped: Vec<(&Finding, Vec<&str>)> = Vec::new();
-    for f in findings.iter().filter(|f| f.severity == Severity::Warn) {
+    for f in findings.iter().filter(|f| f.severity == severity) {
         match grouped.iter_mut().find(|(first, _)| first.rule == f.rule) {
             Some((_, paths)) => paths.push(&f.path),
             None => grouped.push((f, vec![&f.path])),
@@ -399,7 +471,7 @@ fn warnings(findings: &[Finding]) -> Vec<String> {
                 String::new()
             };
             format!(
-                "tailguard: [{}] {}: {}{more} Fix: {}",
+                "{prefix} [{}] {}: {}{more} Fix: {}",
                 f.rule,
                 paths.join(", "),
                 f.message,
@@ -421,7 +493,7 @@ fn respond(verdict: &Verdict) -> Vec<u8> {
             Status::failure(&denial_message(object, &verdict.findings), "Forbidden").with_code(403)
         }
     });
-    let warnings = warnings(&verdict.findings)
+    let warnings = warnings(verdict)
         .into_iter()
         .chain(verdict.notes.iter().cloned())
         .collect();

@@ -12,9 +12,12 @@
 //!     rules: [resources]
 //!   - namespace: legacy-*       # trailing * matches a prefix; no rules = every rule
 //! runtime: containerd           # containerd | cri-o | unknown (default)
+//! enforcement: deny             # deny (default) | warn | audit; a namespace overrides it
+//!                               # with the annotation tailguard.io/enforcement
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -24,6 +27,9 @@ use crate::rules::{Level, RuleId};
 /// Images recognised as Tailscale when the config names none. Registry hosts
 /// `docker.io/` and `index.docker.io/` are normalised away before matching.
 pub const DEFAULT_IMAGES: &[&str] = &["tailscale/tailscale", "ghcr.io/tailscale/tailscale"];
+
+/// Namespace annotation overriding [`Config::enforcement`] for that namespace.
+pub const ENFORCEMENT_ANNOTATION: &str = "tailguard.io/enforcement";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -46,6 +52,8 @@ struct ConfigFile {
     injection: InjectionConfig,
     #[serde(default)]
     runtime: ContainerRuntime,
+    #[serde(default)]
+    enforcement: Enforcement,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +75,46 @@ pub struct Config {
     allowed_sidecar_images: Vec<NamePattern>,
     /// The cluster's container runtime: some verdicts depend on what it grants.
     pub runtime: ContainerRuntime,
+    /// What the webhook does with deny findings, unless the namespace says otherwise.
+    pub enforcement: Enforcement,
+}
+
+/// What `/validate` does with a rule's deny finding, so a policy can be rolled
+/// out gradually (audit, then warn, then deny) without breaking deployments:
+/// `deny` refuses the object, `warn` admits it with a warning saying it would
+/// be refused, `audit` admits it silently (logs and metrics only).
+///
+/// Ordered from the least to the most strict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    Audit,
+    Warn,
+    #[default]
+    Deny,
+}
+
+impl Enforcement {
+    pub const ALL: [Enforcement; 3] = [Enforcement::Audit, Enforcement::Warn, Enforcement::Deny];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Audit => "audit",
+            Enforcement::Warn => "warn",
+            Enforcement::Deny => "deny",
+        }
+    }
+
+    /// The mode named `name` exactly as the config spells it (`deny`, `warn`, `audit`).
+    pub fn from_name(name: &str) -> Option<Enforcement> {
+        Enforcement::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+impl fmt::Display for Enforcement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The container runtime of the cluster's nodes. What a container may do
@@ -228,6 +276,7 @@ impl Default for Config {
             allowed_sidecar_images: DEFAULT_IMAGES.iter().map(|s| NamePattern::parse(s)).collect(),
             injection: InjectionConfig::default(),
             runtime: ContainerRuntime::Unknown,
+            enforcement: Enforcement::Deny,
         }
     }
 }
@@ -278,6 +327,7 @@ impl Config {
             .collect();
         config.injection = file.injection;
         config.runtime = file.runtime;
+        config.enforcement = file.enforcement;
         config.validate_injection()?;
         for e in file.exemptions {
             if e.namespace.is_empty() {
@@ -458,5 +508,28 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         let e = Config::from_yaml("imagez: []\n").unwrap_err().to_string();
         assert!(e.contains("imagez"), "{e}");
+    }
+
+    #[test]
+    fn enforcement_defaults_to_deny_and_rejects_unknown_modes() {
+        assert_eq!(Config::default().enforcement, Enforcement::Deny);
+        assert_eq!(
+            Config::from_yaml("images: [tailscale/tailscale]\n")
+                .expect("valid config")
+                .enforcement,
+            Enforcement::Deny
+        );
+        for mode in Enforcement::ALL {
+            let c = Config::from_yaml(&format!("enforcement: {mode}\n")).expect("valid config");
+            assert_eq!(c.enforcement, mode);
+            assert_eq!(Enforcement::from_name(mode.as_str()), Some(mode));
+        }
+        let e = Config::from_yaml("rules:\n  resources: deny\nenforcement: maybe\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("enforcement") && e.contains("maybe"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(Enforcement::Audit < Enforcement::Warn && Enforcement::Warn < Enforcement::Deny);
+        assert_eq!(Enforcement::from_name("Deny"), None);
     }
 }

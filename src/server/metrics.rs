@@ -50,6 +50,8 @@ pub struct Metrics {
     endpoints: Vec<EndpointMetrics>,
     /// `RuleId::ALL.len() × SEVERITIES.len()`, rule-major.
     findings: Vec<AtomicU64>,
+    /// Per rule: reviews admitted despite a deny finding (enforcement warn or audit).
+    would_deny: Vec<AtomicU64>,
     tls_reloads_success: AtomicU64,
     tls_reloads_failure: AtomicU64,
     tls_handshake_failures: AtomicU64,
@@ -75,6 +77,7 @@ impl Metrics {
             findings: (0..RuleId::ALL.len() * SEVERITIES.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            would_deny: RuleId::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             tls_reloads_success: AtomicU64::new(0),
             tls_reloads_failure: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
@@ -86,6 +89,10 @@ impl Metrics {
     }
 
     /// Records one request to endpoint number `endpoint` (its index in `new`).
+    ///
+    /// An allowed review with deny findings is one the enforcement mode (warn
+    /// or audit) let through (see `admission::Verdict::would_deny`): each of
+    /// those rules counts once as a would-be denial.
     pub fn record_review(&self, endpoint: usize, result: ReviewResult, elapsed: Duration, findings: &[Finding]) {
         if let Some(m) = self.endpoints.get(endpoint) {
             let r = ReviewResult::ALL.iter().position(|x| *x == result).unwrap_or(0);
@@ -99,6 +106,7 @@ impl Metrics {
             m.sum_nanos
                 .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
         }
+        let mut would_deny = [false; RuleId::ALL.len()];
         for finding in findings {
             let rule = RuleId::ALL.iter().position(|r| *r == finding.rule);
             let severity = SEVERITIES.iter().position(|s| *s == finding.severity);
@@ -107,6 +115,15 @@ impl Metrics {
             {
                 counter.fetch_add(1, Relaxed);
             }
+            if result == ReviewResult::Allowed
+                && finding.severity == Severity::Deny
+                && let Some(seen) = rule.and_then(|r| would_deny.get_mut(r))
+            {
+                *seen = true;
+            }
+        }
+        for (counter, _) in self.would_deny.iter().zip(would_deny).filter(|(_, seen)| *seen) {
+            counter.fetch_add(1, Relaxed);
         }
     }
 
@@ -188,6 +205,20 @@ impl Metrics {
                     rule.name()
                 );
             }
+        }
+        header(
+            o,
+            "tailguard_would_deny_total",
+            "counter",
+            "Reviews admitted only because the enforcement mode (warn or audit) let a deny finding through, by rule.",
+        );
+        for (rule, counter) in RuleId::ALL.iter().zip(&self.would_deny) {
+            let _ = writeln!(
+                o,
+                "tailguard_would_deny_total{{rule=\"{}\"}} {}",
+                rule.name(),
+                counter.load(Relaxed)
+            );
         }
         header(
             o,
@@ -312,6 +343,40 @@ mod tests {
         let rule = RuleId::ALL[0].name();
         assert!(text.contains(&format!(
             "tailguard_findings_total{{rule=\"{rule}\",severity=\"deny\"}} 0\n"
+        )));
+        assert!(text.contains(&format!("tailguard_would_deny_total{{rule=\"{rule}\"}} 0\n")));
+    }
+
+    #[test]
+    fn deny_findings_of_admitted_reviews_count_once_per_rule_as_would_deny() {
+        let finding = |rule: RuleId, severity: Severity| Finding {
+            rule,
+            severity,
+            path: "spec.containers[0]".into(),
+            message: String::new(),
+            hint: String::new(),
+        };
+        let (a, b) = (RuleId::ALL[0], RuleId::ALL[1]);
+        let m = Metrics::new(&["validate"]);
+        let t = Duration::from_micros(10);
+        // Admitted by the mode: two findings of `a` count once.
+        let admitted = [
+            finding(a, Severity::Deny),
+            finding(a, Severity::Deny),
+            finding(b, Severity::Warn),
+        ];
+        m.record_review(0, ReviewResult::Allowed, t, &admitted);
+        // Refused (enforcement deny): not a would-be denial.
+        m.record_review(0, ReviewResult::Denied, t, &[finding(a, Severity::Deny)]);
+        let text = m.render();
+        assert!(
+            text.contains(&format!("tailguard_would_deny_total{{rule=\"{}\"}} 1\n", a.name())),
+            "{text}"
+        );
+        assert!(text.contains(&format!("tailguard_would_deny_total{{rule=\"{}\"}} 0\n", b.name())));
+        assert!(text.contains(&format!(
+            "tailguard_findings_total{{rule=\"{}\",severity=\"deny\"}} 3\n",
+            a.name()
         )));
     }
 }
