@@ -23,6 +23,8 @@ use crate::workload::Workload;
 pub enum Output {
     Text,
     Json,
+    /// SARIF 2.1.0, for GitHub code scanning and other SARIF viewers.
+    Sarif,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,12 +90,24 @@ pub fn run(args: CheckArgs) -> ExitCode {
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(stdout)),
         Output::Text => write_text(&mut stdout, &report),
+        Output::Sarif => {
+            let cwd = std::env::current_dir().ok();
+            serde_json::to_writer_pretty(&mut stdout, &super::sarif::log(&report, &config, cwd.as_deref()))
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(stdout))
+        }
     };
     if let Err(e) = written
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         eprintln!("tailguard check: cannot write output: {e}");
         return ExitCode::from(2);
+    }
+    if args.output == Output::Sarif {
+        // SARIF usually goes to a file nobody reads in the CI log: say there why it failed.
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
     }
     if args.output == Output::Text {
         let (deny, warn) = report

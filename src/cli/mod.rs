@@ -14,6 +14,7 @@ use crate::server::{self, ServeArgs};
 
 pub mod certs;
 pub mod check;
+pub mod sarif;
 pub mod inject;
 pub mod policy;
 
