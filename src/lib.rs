@@ -1,9 +1,10 @@
 //! tailguard: an admission webhook for Tailscale workloads.
 //!
 //! The pure core (`workload`, `tailscale`, `security`, `expansion`, `rules`,
-//! `admission`, `config`) never does I/O; `server`, `cluster` and `cli` are thin adapters.
+//! `admission`, `audit`, `config`) never does I/O; `server`, `cluster` and `cli` are thin adapters.
 
 pub mod admission;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod cluster;

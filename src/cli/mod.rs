@@ -12,11 +12,12 @@ use crate::manifest::ReadError;
 
 use crate::server::{self, ServeArgs};
 
+pub mod audit;
 pub mod certs;
 pub mod check;
-pub mod sarif;
 pub mod inject;
 pub mod policy;
+pub mod sarif;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +36,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check manifests offline with the same rules as the webhook.
     Check(check::CheckArgs),
+    /// What the webhook would say about the workloads already in the cluster.
+    Audit(audit::AuditArgs),
     /// Inject the Tailscale egress sidecar into manifests offline, as the webhook would.
     Inject(inject::InjectArgs),
     /// Write a CA and a serving certificate (development, or the chart's `secret` mode).
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Check(args) => check::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Inject(args) => inject::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Policy(command) => policy::run(command),

@@ -1,10 +1,11 @@
-//! Cluster adapters: a kube client, the namespace cache the rules read, and
-//! the self-managed certificate Secret.
+//! Cluster adapters: a kube client, the namespace cache the rules read, the
+//! self-managed certificate Secret, and the audit of existing workloads.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 
+pub mod audit;
 pub mod certs;
 pub mod namespaces;
 

@@ -332,6 +332,11 @@ pub fn applies(workload: &Workload, config: &Config) -> bool {
 
 /// Evaluates every rule on `workload`. Objects without a Tailscale container
 /// have no findings. Findings come denies first, then in rule and path order.
+/// Whether the rules apply to the workload at all (it runs a Tailscale container).
+pub fn has_tailscale_container(workload: &Workload, config: &Config) -> bool {
+    !TailscaleContainer::find(workload, config).is_empty()
+}
+
 pub fn evaluate(workload: &Workload, config: &Config, namespace: &NamespaceFacts) -> Vec<Finding> {
     let containers = TailscaleContainer::find(workload, config);
     if containers.is_empty() {

@@ -11,6 +11,7 @@ use axum::routing::get;
 
 use super::metrics::Metrics;
 use super::tls::CertResolver;
+use crate::cluster::audit::AuditState;
 use crate::cluster::namespaces::NamespaceCache;
 
 /// What readiness and metrics look at.
@@ -19,6 +20,8 @@ pub struct Health {
     pub resolver: Arc<CertResolver>,
     /// Present when cluster access is configured.
     pub namespaces: Option<Arc<NamespaceCache>>,
+    /// Present when the background audit runs.
+    pub audit: Option<Arc<AuditState>>,
     /// Set once shutdown has begun.
     pub draining: AtomicBool,
 }
@@ -65,7 +68,10 @@ async fn metrics(State(health): State<Arc<Health>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        health.metrics.render(),
+        match &health.audit {
+            Some(audit) => health.metrics.render() + &audit.render(),
+            None => health.metrics.render(),
+        },
     )
         .into_response()
 }

@@ -105,6 +105,23 @@ pub struct ServeArgs {
     /// Limits and timeouts (boxed: keeps the `Command` enum small).
     #[command(flatten)]
     pub limits: Box<ServeLimits>,
+
+    /// The background audit of existing workloads (boxed: keeps the `Command` enum small).
+    #[command(flatten)]
+    pub audit: Box<AuditFlags>,
+}
+
+/// Flags of the background audit (the chart's `audit` values).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditFlags {
+    /// Re-evaluate the cluster's existing workloads this often (`0s`: never). Needs
+    /// cluster access; the results are `tailguard_audit_*` gauges on /metrics.
+    #[arg(long, env = "TAILGUARD_AUDIT_INTERVAL", value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub audit_interval: Duration,
+
+    /// Also write the results as wgpolicyk8s.io/v1alpha2 PolicyReports, one per namespace.
+    #[arg(long, env = "TAILGUARD_POLICY_REPORTS")]
+    pub policy_reports: bool,
 }
 
 /// Flags of `tailguard serve --cert-secret` (the chart's `certificates.mode: self`).
@@ -230,6 +247,7 @@ pub struct Server {
     cert_fingerprint: Option<tls::Fingerprint>,
     dev: Option<DevCerts>,
     self_certs: Option<SelfCertsTask>,
+    audit: Option<AuditTask>,
     limits: Limits,
 }
 
@@ -238,6 +256,14 @@ struct SelfCertsTask {
     client: kube::Client,
     config: SelfCerts,
     dir: PathBuf,
+}
+
+/// What `serve()` needs to run the background audit.
+struct AuditTask {
+    client: kube::Client,
+    interval: Duration,
+    policy_reports: bool,
+    state: Arc<cluster::audit::AuditState>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -345,6 +371,18 @@ impl Server {
             None
         };
         let cache = client.clone().map(|client| Arc::new(NamespaceCache::start(client)));
+        let audit = match &client {
+            Some(client) if !args.audit.audit_interval.is_zero() => Some(AuditTask {
+                client: client.clone(),
+                interval: args.audit.audit_interval,
+                policy_reports: args.audit.policy_reports,
+                state: Arc::new(cluster::audit::AuditState::default()),
+            }),
+            None if !args.audit.audit_interval.is_zero() => {
+                anyhow::bail!("--audit-interval needs cluster access (--cluster or --kubeconfig)")
+            }
+            _ => None,
+        };
         let self_certs = match (self_config, client) {
             (Some(config), Some(client)) => Some(SelfCertsTask {
                 client,
@@ -383,6 +421,7 @@ impl Server {
             metrics,
             resolver,
             namespaces: cache,
+            audit: audit.as_ref().map(|a| a.state.clone()),
             draining: Default::default(),
         });
         Ok(Server {
@@ -395,6 +434,7 @@ impl Server {
             cert_fingerprint,
             dev,
             self_certs,
+            audit,
             limits: Limits {
                 handshake_timeout: args.limits.handshake_timeout,
                 idle_timeout: args.limits.idle_timeout.max(Duration::from_millis(10)),
@@ -440,6 +480,7 @@ impl Server {
             cert_fingerprint,
             dev,
             self_certs,
+            audit,
             limits,
         } = self;
         let addr = tls_listener.local_addr()?;
@@ -454,6 +495,15 @@ impl Server {
             "listening"
         );
 
+        let auditor = audit.map(|task| {
+            tokio::spawn(cluster::audit::run_periodically(
+                task.client,
+                state.config.clone(),
+                task.interval,
+                task.policy_reports,
+                task.state,
+            ))
+        });
         let reloader = match (cert_fingerprint, self_certs) {
             (Some(fingerprint), _) => tokio::spawn(tls::watch(
                 cert_files,
@@ -486,6 +536,9 @@ impl Server {
         accept_loop(tls_listener, acceptor, service, limits, &health, shutdown).await;
 
         reloader.abort();
+        if let Some(auditor) = auditor {
+            auditor.abort();
+        }
         let _ = health_stop.send(());
         let mut health_server = health_server;
         if tokio::time::timeout(Duration::from_secs(1), &mut health_server)
