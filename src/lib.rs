@@ -2,6 +2,7 @@
 //!
 //! The pure core (`workload`, `tailscale`, `security`, `expansion`, `rules`,
 //! `admission`, `audit`, `config`) never does I/O; `server`, `cluster` and `cli` are thin adapters.
+#![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod audit;
