@@ -303,9 +303,17 @@ impl Config {
         let file: ConfigFile = if text.trim().is_empty() {
             ConfigFile::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
-                location: e.location().map(|l| format!("line {}", l.line())),
-                message: e.to_string(),
+            serde_saphyr::from_str_with_options(text, crate::manifest::read_options(text.len())).map_err(|e| {
+                let e = crate::manifest::YamlError::from(e);
+                // serde-saphyr does not name the field; the line does.
+                let field = e.line.and_then(|l| key_path_at(text, l));
+                ConfigError::Invalid {
+                    location: e.line.map(|l| format!("line {l}")),
+                    message: match field {
+                        Some(field) => format!("{field}: {}", e.message),
+                        None => e.message,
+                    },
+                }
             })?
         };
         let mut config = Config::default();
@@ -396,6 +404,43 @@ impl Config {
             .iter()
             .any(|e| e.namespace.matches(namespace) && (e.rules.is_empty() || e.rules.contains(&rule)))
     }
+}
+
+/// The dotted key path (`rules.privileged`) of the block mapping entry on
+/// 1-based `line`, from the keys of the lines above it with less indentation.
+fn key_path_at(text: &str, line: usize) -> Option<String> {
+    let mut path = Vec::new();
+    let mut parent_indent = usize::MAX;
+    for row in text.lines().take(line).collect::<Vec<_>>().into_iter().rev() {
+        let mut entry = row.trim_start();
+        let mut indent = row.len() - entry.len();
+        // A sequence item: its entry starts past the dash.
+        while let Some(rest) = entry.strip_prefix('-').filter(|r| r.starts_with([' ', '\t'])) {
+            let item = rest.trim_start();
+            indent += entry.len() - item.len();
+            entry = item;
+        }
+        if indent >= parent_indent || entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        parent_indent = indent;
+        let key = entry
+            .split_once(": ")
+            .map(|(key, _)| key)
+            .or_else(|| entry.strip_suffix(':'))
+            .map(|key| key.trim().trim_matches(['"', '\'']))
+            .filter(|key| !key.is_empty() && !key.starts_with(['{', '[', '-']));
+        match key {
+            Some(key) => path.push(key),
+            // The line with the error holds no key of its own (a sequence item).
+            None if path.is_empty() => {}
+            None => return None,
+        }
+        if indent == 0 {
+            break;
+        }
+    }
+    (!path.is_empty()).then(|| path.into_iter().rev().collect::<Vec<_>>().join("."))
 }
 
 fn invalid(message: &str) -> ConfigError {
@@ -508,6 +553,14 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         let e = Config::from_yaml("imagez: []\n").unwrap_err().to_string();
         assert!(e.contains("imagez"), "{e}");
+        let e = Config::from_yaml("injection:\n  mode: tun\n  httpProxyPort: many\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(line 3): injection.httpProxyPort: "), "{e}");
+        assert_eq!(
+            key_path_at("exemptions:\n  - namespace: a\n    rules:\n      - [x\n", 4).as_deref(),
+            Some("exemptions.rules")
+        );
     }
 
     #[test]

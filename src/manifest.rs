@@ -1,10 +1,13 @@
 //! Reading manifests: multi-document YAML (or JSON) streams, `List` kinds
 //! flattened, each document with the line it starts on so errors and findings
-//! can point at it. Pure: the CLI does the file and stdin reading.
+//! can point at it; and writing objects back as YAML. Pure: the CLI does the
+//! file and stdin reading.
 
 use std::fmt;
 
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
+use serde_saphyr::MessageFormatter as _;
 
 /// One object from a manifest stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,9 +126,139 @@ fn yaml11_fixups(value: &mut Value) {
     }
 }
 
+/// Nesting deeper than this is refused (the limit of serde_yaml, which read
+/// manifests before; real objects stay far below it).
+pub const MAX_DEPTH: usize = 128;
+/// The fewest and most events (nodes and their ends) that aliases may replay
+/// in one document; see `alias_event_limit`.
+pub const MIN_ALIAS_EVENTS: usize = 10_000;
+pub const MAX_ALIAS_EVENTS: usize = 100_000;
+
+/// Events that aliases may replay in a document of `len` bytes: 10 per byte,
+/// within `MIN_ALIAS_EVENTS..=MAX_ALIAS_EVENTS` (serde_yaml, before, allowed
+/// 100 per event of the document). A hand-written manifest reuses a few
+/// anchors (an env list, a securityContext): hundreds of events. A "billion
+/// laughs" document would replay billions; it is refused at the limit.
+pub fn alias_event_limit(len: usize) -> usize {
+    len.saturating_mul(10).clamp(MIN_ALIAS_EVENTS, MAX_ALIAS_EVENTS)
+}
+
+/// Text that aliases may replay in one document, beyond the document's own
+/// length: one alias of a large block scalar is fine, thousands are not.
+pub const MAX_ALIAS_BYTES: usize = 16 << 20;
+
+/// How a document of `len` bytes is read: YAML 1.2 as Kubernetes' reader
+/// types it (the YAML 1.1 readings of typed fields are `yaml11_fixups`), the
+/// same values serde_yaml produced before, and bounds on what aliases replay.
+pub(crate) fn read_options(len: usize) -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            // Without aliases, events, nodes and text are bounded by the
+            // document's length; only what aliases replay needs a cap (below).
+            max_events: usize::MAX,
+            max_nodes: usize::MAX,
+            max_total_scalar_bytes: len.saturating_add(MAX_ALIAS_BYTES),
+            // A manifest may reuse one anchor many times; the replay caps
+            // bound the cost, so no ratio heuristic.
+            enforce_alias_anchor_ratio: false,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: alias_event_limit(len),
+        },
+        // `yes`, `on`, `0440`, `1_000` stay strings in untyped values, as in
+        // YAML 1.2: `yaml11_fixups` converts the typed fields that need it.
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        // `.inf`/`.nan` read as JSON null, as serde_json has no such numbers.
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+        // A repeated key keeps its last value; `<<` is an ordinary key; `~:` is
+        // the key "~" (all as before).
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        merge_keys: serde_saphyr::MergeKeyPolicy::AsOrdinary,
+        null_as_string: true,
+        // `!!binary` text is kept as written, not decoded.
+        ignore_binary_tag_for_string: true,
+        // One-line messages: the caller says where.
+        with_snippet: false,
+    }
+}
+
+/// A YAML document that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    /// 1-based line in the text parsed, when known.
+    pub line: Option<usize>,
+    /// What is wrong, without the location.
+    pub message: String,
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{} at line {line}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for YamlError {}
+
+impl From<serde_saphyr::Error> for YamlError {
+    fn from(e: serde_saphyr::Error) -> YamlError {
+        use serde_saphyr::Error as E;
+        use serde_saphyr::budget::BudgetBreach as B;
+        fn original(e: &E) -> &E {
+            match e {
+                E::WithSnippet { error, .. } | E::AliasError { error, .. } => original(error),
+                other => other,
+            }
+        }
+        let message = match original(&e) {
+            E::AliasReplayLimitExceeded {
+                max_total_replayed_events,
+                ..
+            } => format!(
+                "aliases expand to more than {max_total_replayed_events} YAML events (a YAML alias bomb?): refused"
+            ),
+            E::AliasExpansionLimitExceeded { .. }
+            | E::AliasReplayStackDepthExceeded { .. }
+            | E::Budget {
+                breach: B::Aliases { .. } | B::RecordedAnchorEvents { .. } | B::RecordedAnchorBytes { .. },
+                ..
+            } => "aliases expand too far (a YAML alias bomb?): refused".to_owned(),
+            E::Budget {
+                breach: B::ScalarBytes { .. },
+                ..
+            } => format!(
+                "aliases expand to more than {} MiB of text (a YAML alias bomb?): refused",
+                MAX_ALIAS_BYTES >> 20
+            ),
+            E::Budget {
+                breach: B::Depth { .. },
+                ..
+            } => format!("nested more than {MAX_DEPTH} levels deep"),
+            E::Budget { breach, .. } => format!("too large to read ({breach:?})"),
+            other => serde_saphyr::DefaultMessageFormatter
+                .format_message(other)
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        };
+        YamlError {
+            line: e
+                .location()
+                .and_then(|l| usize::try_from(l.line()).ok())
+                .filter(|&l| l > 0),
+            message,
+        }
+    }
+}
+
 /// Parses one YAML document as Kubernetes would read it.
-pub fn parse_document(text: &str) -> Result<Value, serde_yaml::Error> {
-    let mut value: Value = serde_yaml::from_str(text)?;
+pub fn parse_document(text: &str) -> Result<Value, YamlError> {
+    let mut value: Value = serde_saphyr::from_str_with_options(text, read_options(text.len()))?;
     yaml11_fixups(&mut value);
     Ok(value)
 }
@@ -142,18 +275,15 @@ pub fn parse_stream(source: &str, text: &str) -> (Vec<Document>, Vec<ReadError>)
             Err(e) => errors.push(ReadError {
                 source: source.to_owned(),
                 // The parser may point just past the end of the document; clamp to its last line.
-                line: Some(e.location().map_or(start, |l| {
-                    start + (l.line() - 1).min(chunk.lines().count().saturating_sub(1))
-                })),
-                message: format!("invalid YAML: {}", strip_location(&e.to_string())),
+                line: Some(
+                    e.line
+                        .map_or(start, |l| start + (l - 1).min(chunk.lines().count().saturating_sub(1))),
+                ),
+                message: format!("invalid YAML: {}", e.message),
             }),
         }
     }
     (docs, errors)
-}
-
-fn strip_location(message: &str) -> &str {
-    message.split(" at line ").next().unwrap_or(message)
 }
 
 fn flatten(source: &str, line: usize, value: Value, docs: &mut Vec<Document>, errors: &mut Vec<ReadError>) {
@@ -181,6 +311,194 @@ fn flatten(source: &str, line: usize, value: Value, docs: &mut Vec<Document>, er
         line,
         object,
     });
+}
+
+/// Writes an object as YAML as tailguard always has (serde_yaml 0.9, i.e.
+/// libyaml's emitter, wrote `inject` output and the chart's fallback policy):
+/// block style, sequences not indented under their key, `{}`/`[]` when empty,
+/// each string value in the style libyaml picks for it (`style_of`).
+///
+/// Byte for byte the same for what manifests hold; serde-saphyr differs only
+/// on rarities (the output reads back the same): keys that need quotes get
+/// double quotes, not single, as do keys with `:` or `,[]{}`; a few values
+/// libyaml wrote plain are quoted (`:x`, `.`, `1_000`, `0X1F`, `inf`, `nan`,
+/// `tRUE`, `nULL`); a string starting with a line break gets no `|2`
+/// indentation indicator; U+2028/U+2029 are escaped in double quotes; floats
+/// in exponent form are written `1.0e+20`, not `1e20`.
+pub fn to_yaml(value: &Value) -> Result<String, serde_saphyr::SerializeError> {
+    let options = serde_saphyr::ser_options! {
+        // Quote by the YAML 1.2 core schema, as serde_yaml did (`style_of`
+        // decides for strings; this covers keys), without a `%YAML` header.
+        yaml_12: true,
+        no_lang_directive: true,
+        // Long and multi-line strings: `style_of` decides.
+        prefer_block_scalars: false,
+    };
+    serde_saphyr::to_string_with_options(&Styled(value), options)
+}
+
+/// How a string is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Plain,
+    SingleQuoted,
+    DoubleQuoted,
+    Literal,
+}
+
+/// The style serde_yaml 0.9 gave a string in block context: a literal block
+/// when it has a line break, single quotes when it would read back as another
+/// type, else plain; each falling back as libyaml's emitter does
+/// (`yaml_emitter_analyze_scalar`, `yaml_emitter_select_scalar_style`) when
+/// the content does not allow it.
+fn style_of(s: &str) -> Style {
+    if s.is_empty() {
+        return Style::SingleQuoted;
+    }
+    // libyaml's printable set: tab, CR and C1 controls are not.
+    let printable = |c: char| {
+        matches!(c, '\n' | ' '..='~' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+            && c != '\u{FEFF}'
+    };
+    let is_break = |c: char| matches!(c, '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    let blank_or_end = |c: Option<char>| c.is_none_or(|c| matches!(c, ' ' | '\t' | '\0') || is_break(c));
+    let chars: Vec<char> = s.chars().collect();
+    let mut indicators = s.starts_with("---") || s.starts_with("...");
+    let (mut special, mut line_breaks, mut break_space, mut space_break) = (false, false, false, false);
+    let (mut previous_space, mut previous_break, mut preceded_by_blank) = (false, false, true);
+    for (i, &c) in chars.iter().enumerate() {
+        let followed_by_blank = blank_or_end(chars.get(i + 1).copied());
+        indicators |= if i == 0 {
+            matches!(
+                c,
+                '#' | ',' | '[' | ']' | '{' | '}' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%' | '@' | '`'
+            ) || (matches!(c, '?' | ':' | '-') && followed_by_blank)
+        } else {
+            (c == ':' && followed_by_blank) || (c == '#' && preceded_by_blank)
+        };
+        special |= !printable(c);
+        if c == ' ' {
+            break_space |= previous_break;
+            (previous_space, previous_break) = (true, false);
+        } else if is_break(c) {
+            line_breaks = true;
+            space_break |= previous_space;
+            (previous_space, previous_break) = (false, true);
+        } else {
+            (previous_space, previous_break) = (false, false);
+        }
+        preceded_by_blank = blank_or_end(Some(c));
+    }
+    let edge = |c: Option<&char>| c.is_some_and(|&c| c == ' ' || is_break(c));
+    let trailing_space = chars.last() == Some(&' ');
+    let plain_allowed = !(edge(chars.first())
+        || edge(chars.last())
+        || break_space
+        || space_break
+        || special
+        || line_breaks
+        || indicators);
+    // Beyond libyaml: serde-saphyr writes none of these in single quotes.
+    let single_allowed = !(break_space
+        || space_break
+        || special
+        || s.chars()
+            .any(|c| matches!(c, '\u{2028}' | '\u{2029}' | '\u{FFFE}' | '\u{FFFF}')));
+    let block_allowed = !(trailing_space || space_break || special);
+    if s.contains('\n') {
+        return if block_allowed {
+            Style::Literal
+        } else {
+            Style::DoubleQuoted
+        };
+    }
+    if plain_allowed && !reads_as_non_string(s) {
+        Style::Plain
+    } else if single_allowed {
+        Style::SingleQuoted
+    } else {
+        Style::DoubleQuoted
+    }
+}
+
+/// Whether serde_yaml 0.9 would read `s`, unquoted, as something other than a
+/// string (null, a boolean, an integer, a finite float, or digits with a
+/// leading zero), so it quoted it. Mirrors its `visit_untagged_scalar`.
+fn reads_as_non_string(s: &str) -> bool {
+    let leading_zero_digits = {
+        let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+        s.len() > 1 && s.starts_with('0') && s[1..].bytes().all(|b| b.is_ascii_digit())
+    };
+    const RADIXES: [(&str, u32); 3] = [("0x", 16), ("0o", 8), ("0b", 2)];
+    let unsigned_int = || {
+        let unpositive = s.strip_prefix('+').unwrap_or(s);
+        for (prefix, radix) in RADIXES {
+            if let Some(digits) = unpositive.strip_prefix(prefix) {
+                if digits.starts_with(['+', '-']) {
+                    return false;
+                }
+                if u128::from_str_radix(digits, radix).is_ok() {
+                    return true;
+                }
+            }
+        }
+        !unpositive.starts_with(['+', '-']) && !leading_zero_digits && unpositive.parse::<u128>().is_ok()
+    };
+    let negative_int = || {
+        RADIXES.iter().any(|&(prefix, radix)| {
+            s.strip_prefix('-')
+                .and_then(|rest| rest.strip_prefix(prefix))
+                .is_some_and(|digits| i128::from_str_radix(&format!("-{digits}"), radix).is_ok())
+        }) || (!leading_zero_digits && s.parse::<i128>().is_ok())
+    };
+    let float = || {
+        let unpositive = match s.strip_prefix('+') {
+            Some(rest) if rest.starts_with(['+', '-']) => return false,
+            Some(rest) => rest,
+            None => s,
+        };
+        matches!(unpositive, ".inf" | ".Inf" | ".INF")
+            || matches!(s, "-.inf" | "-.Inf" | "-.INF" | ".nan" | ".NaN" | ".NAN")
+            || unpositive.parse::<f64>().is_ok_and(f64::is_finite)
+    };
+    matches!(
+        s,
+        "~" | "null" | "Null" | "NULL" | "true" | "True" | "TRUE" | "false" | "False" | "FALSE"
+    ) || unsigned_int()
+        || negative_int()
+        || leading_zero_digits
+        || float()
+}
+
+/// A JSON value serialized with `style_of` deciding each string's style.
+struct Styled<'a>(&'a Value);
+
+impl Serialize for Styled<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::String(s) => match style_of(s) {
+                Style::Plain => serializer.serialize_str(s),
+                Style::SingleQuoted => serde_saphyr::SingleQuoted(s.as_str()).serialize(serializer),
+                Style::DoubleQuoted => serde_saphyr::DoubleQuoted(s.as_str()).serialize(serializer),
+                Style::Literal => serde_saphyr::LitStr(s).serialize(serializer),
+            },
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&Styled(item))?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => {
+                let mut out = serializer.serialize_map(Some(map.len()))?;
+                for (key, value) in map {
+                    out.serialize_entry(key, &Styled(value))?;
+                }
+                out.end()
+            }
+            other => other.serialize(serializer),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +539,120 @@ mod tests {
             spec["containers"][0]["env"][0]["value"], "yes",
             "string fields stay strings"
         );
+    }
+
+    #[test]
+    fn reads_values_as_before_the_move_to_serde_saphyr() {
+        let text = "kind: Pod\na: yes\nb: on\nc: 0440\nd: 1_000\ne: .inf\n~: tilde\nf: 1\nf: 2\n<<: {g: 1}\nh: 0x1F\ni: 'yes'\nj: !!binary aGk=\n";
+        let value = parse_document(text).expect("valid");
+        assert_eq!(
+            value,
+            serde_json::json!({"kind": "Pod", "a": "yes", "b": "on", "c": "0440", "d": "1_000", "e": null,
+                "~": "tilde", "f": 2, "<<": {"g": 1}, "h": 31, "i": "yes", "j": "aGk="})
+        );
+        let value = parse_document("{\"kind\": \"List\", \"items\": [{\"a\": [1, 2.5, null, true]}]}").expect("JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({"kind": "List", "items": [{"a": [1, 2.5, null, true]}]})
+        );
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused_with_a_line() {
+        let mut text = String::from("kind: ConfigMap\na0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let (docs, errors) = parse_stream("bomb.yaml", &format!("kind: Pod\n---\n{text}"));
+        assert_eq!(docs.len(), 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].to_string(),
+            format!(
+                "bomb.yaml:{}: invalid YAML: aliases expand to more than {MIN_ALIAS_EVENTS} YAML events (a YAML alias bomb?): refused",
+                errors[0].line.expect("a line")
+            )
+        );
+        assert!(errors[0].line.is_some_and(|l| (3..=13).contains(&l)), "{}", errors[0]);
+        // A few aliases are fine.
+        let value = parse_document("a: &a {x: [1, 2]}\nb: *a\nc: *a\n").expect("aliases");
+        assert_eq!(value["c"]["x"][1], 2);
+        // Unoptimised, the parser needs more stack per level than a test
+        // thread's 2 MiB for this depth (the CLI parses on the main thread).
+        let deep = std::thread::Builder::new().stack_size(32 << 20).spawn(|| {
+            let nested = |depth: usize| format!("a: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+            assert!(parse_document(&nested(MAX_DEPTH - 1)).is_ok());
+            parse_document(&nested(MAX_DEPTH + 1)).expect_err("too deep")
+        });
+        let e = deep.expect("thread").join().expect("no overflow");
+        assert_eq!(e.message, "nested more than 128 levels deep");
+    }
+
+    #[test]
+    fn writes_yaml_as_serde_yaml_did() {
+        let value = serde_json::json!({
+            "metadata": {"name": "web", "annotations": {"tailguard.io/exit-node": "100.64.0.1"}, "labels": {}},
+            "spec": {"containers": [{"name": "a", "args": [], "env": [
+                {"name": "EMPTY", "value": ""},
+                {"name": "BOOL", "value": "true"},
+                {"name": "NUM", "value": "8080"},
+                {"name": "OCTAL", "value": "0440"},
+                {"name": "YES", "value": "yes"},
+                {"name": "ADDR", "value": "[::]:9002"},
+                {"name": "QUOTE", "value": "it's: here"},
+                {"name": "TAB", "value": "a\tb"},
+                {"name": "SCRIPT", "value": "set -e\nexec app\n"},
+                {"name": "TRIM", "value": "one\ntwo"},
+                {"name": "SPACE", "value": " x"}
+            ]}], "replicas": 2, "ratio": 0.5, "enabled": false, "none": null}
+        });
+        let expected = "metadata:
+  name: web
+  annotations:
+    tailguard.io/exit-node: 100.64.0.1
+  labels: {}
+spec:
+  containers:
+  - name: a
+    args: []
+    env:
+    - name: EMPTY
+      value: ''
+    - name: BOOL
+      value: 'true'
+    - name: NUM
+      value: '8080'
+    - name: OCTAL
+      value: '0440'
+    - name: YES
+      value: yes
+    - name: ADDR
+      value: '[::]:9002'
+    - name: QUOTE
+      value: 'it''s: here'
+    - name: TAB
+      value: \"a\\tb\"
+    - name: SCRIPT
+      value: |
+        set -e
+        exec app
+    - name: TRIM
+      value: |-
+        one
+        two
+    - name: SPACE
+      value: ' x'
+  replicas: 2
+  ratio: 0.5
+  enabled: false
+  none: null
+";
+        assert_eq!(to_yaml(&value).expect("yaml"), expected);
+        // What it writes reads back as the same value.
+        assert_eq!(parse_document(expected).expect("valid"), value);
     }
 
     #[test]

@@ -102,10 +102,10 @@ pub fn fallback_policy(name: &str) -> Vec<Value> {
 }
 
 /// The policy as a YAML stream.
-pub fn fallback_policy_yaml(name: &str) -> Result<String, serde_yaml::Error> {
+pub fn fallback_policy_yaml(name: &str) -> Result<String, serde_saphyr::SerializeError> {
     let docs = fallback_policy(name)
         .iter()
-        .map(serde_yaml::to_string)
+        .map(crate::manifest::to_yaml)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(docs.join("---\n"))
 }

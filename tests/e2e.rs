@@ -264,7 +264,7 @@ fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
 
 fn to_yaml(docs: &[Value]) -> String {
     docs.iter()
-        .map(|d| serde_yaml::to_string(d).expect("yaml"))
+        .map(|d| tailguard::manifest::to_yaml(d).expect("yaml"))
         .collect::<Vec<_>>()
         .join("---\n")
 }
@@ -809,7 +809,7 @@ async fn sidecar_injection_through_the_apiserver() {
     if let Err(diff) = subset(&golden, &stored, "Pod/web") {
         panic!(
             "the stored pod differs from tests/inject/namespace-opt-in.injected.yaml: {diff}\n{}",
-            serde_yaml::to_string(&stored).unwrap_or_default()
+            tailguard::manifest::to_yaml(&stored).unwrap_or_default()
         );
     }
     let spec = web.spec.as_ref().expect("spec");
@@ -1099,7 +1099,7 @@ async fn injection_golden_cases_through_the_apiserver() {
             if let Err(diff) = subset(&expected, &stored, &format!("{kind}/{name}")) {
                 panic!(
                     "{case}: stored object differs from the golden: {diff}\n{}",
-                    serde_yaml::to_string(&stored).unwrap_or_default()
+                    tailguard::manifest::to_yaml(&stored).unwrap_or_default()
                 );
             }
             let containers = |o: &Value| {

@@ -158,7 +158,7 @@ pub fn inject_stream(
             changed = inject_object(source, line, &mut value, &namespaces, &default_ns, config, &mut result);
         }
         if changed {
-            match serde_yaml::to_string(&value) {
+            match crate::manifest::to_yaml(&value) {
                 Ok(yaml) => out.push(yaml),
                 Err(e) => {
                     result.errors.push(format!("{source}:{line}: cannot write YAML: {e}"));

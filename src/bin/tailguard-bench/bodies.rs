@@ -410,14 +410,9 @@ fn daemonset() -> Vec<u8> {
 }
 
 fn incident_daemonset() -> Value {
-    use serde::Deserialize as _;
-    for doc in serde_yaml::Deserializer::from_str(INCIDENT_FINAL) {
-        let Ok(yaml) = serde_yaml::Value::deserialize(doc) else {
-            continue;
-        };
-        let Ok(v) = serde_json::to_value(yaml) else {
-            continue;
-        };
+    let (docs, _) = tailguard::manifest::parse_stream("05-final.yaml", INCIDENT_FINAL);
+    for doc in docs {
+        let v = doc.object;
         if v["kind"] == "DaemonSet" && v["metadata"]["name"] == "tailscale-exit-node" {
             return v;
         }
