@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
@@ -18,7 +18,8 @@ use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::{CaPem, CertError, CertInfo, CertPem, invalid};
+use super::x509::ca_issuer;
+use super::{CaPem, CertError, CertPem, invalid};
 
 /// Certificates start being valid this long before they were made (clock skew).
 const BACKDATE: Duration = Duration::from_secs(3600);
@@ -61,12 +62,8 @@ pub fn issue_serving_cert(
         ));
     }
     let ca_der = first_cert(ca.cert_pem.as_bytes()).map_err(|e| invalid(format!("CA certificate: {e}")))?;
-    let ca_info = CertInfo::parse(&ca_der).map_err(|e| invalid(format!("CA certificate: {e}")))?;
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| invalid(format!("CA key: {e}")))?;
-    let mut issuer_params = CertificateParams::default();
-    issuer_params.distinguished_name = ca_info.subject_name()?;
-    issuer_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let issuer = Issuer::new(issuer_params, ca_key);
+    let issuer = ca_issuer(&ca_der, ca_key).map_err(|e| invalid(format!("CA certificate: {e}")))?;
 
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();

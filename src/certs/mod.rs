@@ -9,18 +9,17 @@
 //! - `dev`: the `--dev` certificate directory.
 //! - `secret`: the self-managed certificate Secret (what it holds, carrying out a plan).
 //! - `secret_plan`: deciding what to do with that Secret.
-//! - `der`: the X.509 facts tailguard reads (a minimal DER walk).
+//! - `x509`: the X.509 facts tailguard reads, and signing as a stored CA (x509-parser).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-mod der;
 mod dev;
 mod issue;
 mod secret;
 mod secret_plan;
+mod x509;
 
-pub use der::{CertInfo, unix_seconds};
 pub use dev::{
     DEV_CA_NAME, DEV_CA_VALIDITY, DEV_CERT_VALIDITY, DEV_NAMES, DevCerts, DevCertsOutcome, ensure_dev_certs,
 };
@@ -32,6 +31,7 @@ pub use secret::{
     check_name, issue_for_names,
 };
 pub use secret_plan::plan_secret;
+pub use x509::{CertInfo, unix_seconds};
 
 /// File names `tailguard serve --dev` (and `tailguard certs`) use in the certificate directory.
 pub const CA_CERT_FILE: &str = "ca.crt";

@@ -5,9 +5,11 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use base64::Engine as _;
+use rcgen::KeyPair;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 
+use super::x509::ca_issuer;
 use super::{
     CA_CERT_FILE, CA_KEY_FILE, CaPem, CertInfo, CertPem, Reissue, SecretCerts, SecretData, SecretPlan, TLS_CERT_FILE,
     TLS_KEY_FILE, certified_key, first_cert, unix_seconds, verify_serving_cert,
@@ -126,7 +128,8 @@ fn signing_ca(cert_pem: Option<&str>, key_pem: Option<&str>, now: SystemTime) ->
     }
     let first = pem_encode(&der);
     certified_key(first.as_bytes(), key_pem.as_bytes()).map_err(|e| format!("ca.key does not fit ca.crt: {e}"))?;
-    info.subject_name().map_err(|e| format!("ca.crt: {e}"))?;
+    let key = KeyPair::from_pem(key_pem).map_err(|e| format!("ca.key: {e}"))?;
+    ca_issuer(&der, key).map_err(|e| format!("ca.crt: {e}"))?;
     Ok(CaPem {
         cert_pem: first,
         key_pem: key_pem.to_string(),
