@@ -23,6 +23,26 @@ fn serve_pki(pki: &Pki, dir: &TempDir, extra: &[&str]) -> Serve {
     Serve::start(&args)
 }
 
+/// The `Content-Type` of `/metrics` on the health listener.
+fn metrics_content_type(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, PATIENCE).ok()?;
+    stream.set_read_timeout(Some(PATIENCE)).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, _) = response.split_once("\r\n\r\n")?;
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-type")
+            .then(|| value.trim().to_owned())
+    })
+}
+
 /// Checks that `reply` is a 200 AdmissionReview v1 answering `uid`.
 fn assert_review(reply: &support::Reply, uid: &str) -> serde_json::Value {
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -255,25 +275,48 @@ async fn health_readiness_and_metrics() {
 
     let (status, text) = server.health_get("/metrics");
     assert_eq!(status, 200);
+    // OpenMetrics: a counter family is named without `_total`, its samples with it.
     for expected in [
-        "# TYPE tailguard_reviews_total counter",
-        "# TYPE tailguard_findings_total counter",
-        "# TYPE tailguard_review_duration_seconds histogram",
-        "tailguard_review_duration_seconds_bucket{endpoint=\"validate\",le=\"0.00005\"} ",
-        "tailguard_review_duration_seconds_bucket{endpoint=\"validate\",le=\"+Inf\"} 1\n",
+        "# TYPE tailguard_reviews counter\n",
+        "# TYPE tailguard_findings counter\n",
+        "# TYPE tailguard_review_duration_seconds histogram\n",
+        "tailguard_review_duration_seconds_bucket{le=\"0.00005\",endpoint=\"validate\"} ",
+        "tailguard_review_duration_seconds_bucket{le=\"+Inf\",endpoint=\"validate\"} 1\n",
         "tailguard_review_duration_seconds_count{endpoint=\"validate\"} 1\n",
         "tailguard_tls_reloads_total{result=\"success\"} 0\n",
         "tailguard_tls_reloads_total{result=\"failure\"} 0\n",
         "tailguard_namespace_cache_ready 0\n",
         "tailguard_connections_open 1\n",
+        "# TYPE process_cpu_seconds counter\n",
+        "# TYPE process_start_time_seconds gauge\n",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    assert!(text.ends_with("\n# EOF\n"), "{text}");
     // Every sample line is `name{labels} value` with a number.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let value = line.rsplit(' ').next().unwrap_or_default();
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
+    for gauge in ["process_resident_memory_bytes", "process_open_fds", "process_max_fds"] {
+        assert!(server.metric(gauge).is_some_and(|v| v > 0.0), "{gauge} in\n{text}");
+    }
+    assert!(
+        server.metric("process_cpu_seconds_total").is_some_and(|v| v >= 0.0),
+        "{text}"
+    );
+    let started = server
+        .metric("process_start_time_seconds")
+        .expect("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(started <= now + 1.0 && started > now - 600.0, "{started} vs {now}");
+    assert_eq!(
+        metrics_content_type(server.health_addr).as_deref(),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
     let expiry = server
         .metric("tailguard_tls_cert_expiry_timestamp_seconds")
         .expect("expiry");

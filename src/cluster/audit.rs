@@ -5,12 +5,16 @@
 //! per namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{Value, json};
 
 use crate::audit::{AuditReport, ObjectRef, audit};
@@ -218,53 +222,130 @@ pub async fn write_policy_reports(client: &kube::Client, report: &AuditReport) -
     Ok(docs.len())
 }
 
-/// The background audit's latest result, for `/metrics`.
+/// The labels of `tailguard_audit_violations`, in this order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, EncodeLabelSet)]
+struct ViolationLabels {
+    rule: String,
+    namespace: String,
+    kind: String,
+    severity: Severity,
+}
+
+/// The background audit's latest result: gauges that join the `/metrics`
+/// registry as a collector (`Metrics::attach_audit`). Nothing is reported
+/// before the first audit has finished.
 #[derive(Debug, Default)]
 pub struct AuditState {
-    rendered: Mutex<String>,
+    violations: Family<ViolationLabels, Gauge>,
+    /// The label sets of `violations`, to drop those the next audit no longer finds.
+    published: Mutex<BTreeSet<ViolationLabels>>,
+    objects: Gauge,
+    errors: Gauge,
+    last_run: Gauge,
+    duration: Gauge<f64, AtomicU64>,
+    policy_reports_ok: Gauge,
+    /// An audit has finished.
+    ran: AtomicBool,
+    /// That audit wrote PolicyReports (so `policy_reports_ok` means something).
+    wrote_reports: AtomicBool,
 }
 
 impl AuditState {
-    /// The audit's series, in the Prometheus text format.
-    pub fn render(&self) -> String {
-        self.rendered.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
     fn publish(&self, report: &AuditReport, seconds: f64, reports_written: Option<Result<usize, String>>) {
-        let mut out = String::new();
-        out.push_str(
-            "# HELP tailguard_audit_violations Findings on existing workloads at the last background audit.\n",
-        );
-        out.push_str("# TYPE tailguard_audit_violations gauge\n");
-        for ((ns, rule, kind, severity), n) in report.counts() {
-            let _ = writeln!(
-                out,
-                "tailguard_audit_violations{{rule=\"{rule}\",namespace=\"{}\",kind=\"{kind}\",severity=\"{severity}\"}} {n}",
-                ns.replace(['\\', '"', '\n'], "_")
-            );
+        let counts: BTreeMap<ViolationLabels, u64> = report
+            .counts()
+            .into_iter()
+            .map(|((namespace, rule, kind, severity), n)| {
+                let labels = ViolationLabels {
+                    rule,
+                    namespace,
+                    kind,
+                    severity,
+                };
+                (labels, n)
+            })
+            .collect();
+        {
+            // Replaces the series without a moment where none exist: a
+            // workload fixed since the last run loses its series, the others
+            // keep theirs with the new count.
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            for (labels, n) in &counts {
+                self.violations
+                    .get_or_create(labels)
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+            for gone in published.iter().filter(|l| !counts.contains_key(*l)) {
+                self.violations.remove(gone);
+            }
+            *published = counts.into_keys().collect();
         }
-        out.push_str(
-            "# HELP tailguard_audit_objects Workloads with a Tailscale container at the last background audit.\n",
-        );
-        out.push_str("# TYPE tailguard_audit_objects gauge\n");
-        let _ = writeln!(out, "tailguard_audit_objects {}", report.tailscale_objects);
-        out.push_str("# HELP tailguard_audit_errors Objects or kinds the last background audit could not read.\n");
-        out.push_str("# TYPE tailguard_audit_errors gauge\n");
-        let _ = writeln!(out, "tailguard_audit_errors {}", report.errors.len());
-        out.push_str("# HELP tailguard_audit_last_run_timestamp_seconds When the last background audit finished.\n");
-        out.push_str("# TYPE tailguard_audit_last_run_timestamp_seconds gauge\n");
-        let _ = writeln!(out, "tailguard_audit_last_run_timestamp_seconds {}", now_seconds());
-        out.push_str("# HELP tailguard_audit_duration_seconds How long the last background audit took.\n");
-        out.push_str("# TYPE tailguard_audit_duration_seconds gauge\n");
-        let _ = writeln!(out, "tailguard_audit_duration_seconds {seconds:.3}");
-        if let Some(written) = reports_written {
-            out.push_str("# HELP tailguard_audit_policy_reports_ok Whether the last PolicyReport update succeeded.\n");
-            out.push_str("# TYPE tailguard_audit_policy_reports_ok gauge\n");
-            let _ = writeln!(out, "tailguard_audit_policy_reports_ok {}", u8::from(written.is_ok()));
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.objects.set(count(report.tailscale_objects));
+        self.errors.set(count(report.errors.len()));
+        self.last_run.set(now_seconds());
+        self.duration.set((seconds * 1000.0).round() / 1000.0);
+        if let Some(written) = &reports_written {
+            self.policy_reports_ok.set(i64::from(written.is_ok()));
         }
-        if let Ok(mut r) = self.rendered.lock() {
-            *r = out;
+        self.wrote_reports.store(reports_written.is_some(), Ordering::Relaxed);
+        self.ran.store(true, Ordering::Release);
+    }
+}
+
+impl Collector for AuditState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        if !self.ran.load(Ordering::Acquire) {
+            return Ok(());
         }
+        fn one(
+            encoder: &mut DescriptorEncoder,
+            name: &str,
+            help: &str,
+            metric: &impl EncodeMetric,
+        ) -> std::fmt::Result {
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        }
+        let e = &mut encoder;
+        one(
+            e,
+            "tailguard_audit_violations",
+            "Findings on existing workloads at the last background audit.",
+            &self.violations,
+        )?;
+        one(
+            e,
+            "tailguard_audit_objects",
+            "Workloads with a Tailscale container at the last background audit.",
+            &self.objects,
+        )?;
+        one(
+            e,
+            "tailguard_audit_errors",
+            "Objects or kinds the last background audit could not read.",
+            &self.errors,
+        )?;
+        one(
+            e,
+            "tailguard_audit_last_run_timestamp_seconds",
+            "When the last background audit finished.",
+            &self.last_run,
+        )?;
+        one(
+            e,
+            "tailguard_audit_duration_seconds",
+            "How long the last background audit took.",
+            &self.duration,
+        )?;
+        if self.wrote_reports.load(Ordering::Relaxed) {
+            one(
+                e,
+                "tailguard_audit_policy_reports_ok",
+                "Whether the last PolicyReport update succeeded.",
+                &self.policy_reports_ok,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -306,5 +387,83 @@ pub async fn run_periodically(
         );
         state.publish(&report, started.elapsed().as_secs_f64(), written);
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Audited;
+    use crate::rules::{Finding, RuleId};
+    use crate::server::Metrics;
+
+    fn finding(namespace: &str, kind: &str, name: &str, rule: RuleId) -> Audited {
+        Audited {
+            object: format!("{kind}/{namespace}/{name}"),
+            target: ObjectRef {
+                api_version: "apps/v1".into(),
+                kind: kind.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+                uid: String::new(),
+            },
+            finding: Finding {
+                rule,
+                severity: Severity::Deny,
+                path: String::new(),
+                message: String::new(),
+                hint: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn audit_gauges_join_the_registry_and_drop_fixed_workloads() {
+        let metrics = Metrics::new(&["validate"]);
+        let state = Arc::new(AuditState::default());
+        metrics.attach_audit(state.clone());
+        assert!(
+            !metrics.render().contains("tailguard_audit"),
+            "nothing before the first run"
+        );
+
+        let rule = RuleId::ALL[0];
+        let series = |ns: &str| {
+            format!(
+                "tailguard_audit_violations{{rule=\"{}\",namespace=\"{ns}\",kind=\"DaemonSet\",severity=\"deny\"}}",
+                rule.name()
+            )
+        };
+        let mut report = AuditReport {
+            findings: vec![
+                finding("legacy", "DaemonSet", "a", rule),
+                finding("legacy", "DaemonSet", "b", rule),
+                finding("other", "DaemonSet", "c", rule),
+            ],
+            tailscale_objects: 4,
+            errors: vec!["cannot list pods".into()],
+            ..AuditReport::default()
+        };
+        state.publish(&report, 0.25, None);
+        let text = metrics.render();
+        assert!(text.contains(&format!("{} 2\n", series("legacy"))), "{text}");
+        assert!(text.contains(&format!("{} 1\n", series("other"))), "{text}");
+        assert!(text.contains("\ntailguard_audit_objects 4\n"), "{text}");
+        assert!(text.contains("\ntailguard_audit_errors 1\n"), "{text}");
+        assert!(text.contains("\ntailguard_audit_duration_seconds 0.25\n"), "{text}");
+        assert!(text.contains("\ntailguard_audit_last_run_timestamp_seconds "), "{text}");
+        assert!(!text.contains("tailguard_audit_policy_reports_ok"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+
+        // `legacy` fixed: its series goes, `other` keeps its own.
+        report.findings.retain(|f| f.target.namespace == "other");
+        report.errors.clear();
+        state.publish(&report, 0.5, Some(Err("forbidden".into())));
+        let text = metrics.render();
+        assert!(!text.contains("namespace=\"legacy\""), "{text}");
+        assert!(text.contains(&format!("{} 1\n", series("other"))), "{text}");
+        assert!(text.contains("\ntailguard_audit_errors 0\n"), "{text}");
+        assert!(text.contains("\ntailguard_audit_policy_reports_ok 0\n"), "{text}");
+        assert_eq!(text.matches("# TYPE tailguard_audit_violations gauge\n").count(), 1);
     }
 }

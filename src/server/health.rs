@@ -1,4 +1,5 @@
-//! The plain-HTTP health and metrics listener: `/healthz`, `/readyz`, `/metrics`.
+//! The plain-HTTP health and metrics listener: `/healthz`, `/readyz`, `/metrics`
+//! (OpenMetrics text).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::metrics::Metrics;
+use super::metrics::{CONTENT_TYPE, Metrics};
 use super::tls::CertResolver;
 use crate::cluster::audit::AuditState;
 use crate::cluster::namespaces::NamespaceCache;
@@ -44,7 +45,11 @@ impl Health {
     }
 }
 
+/// The routes; the background audit's gauges (if any) join the metrics registry here.
 pub fn router(health: Arc<Health>) -> Router {
+    if let Some(audit) = &health.audit {
+        health.metrics.attach_audit(audit.clone());
+    }
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -64,14 +69,8 @@ async fn metrics(State(health): State<Arc<Health>>) -> Response {
         health.metrics.set_namespace_cache_ready(cache.is_ready());
     }
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        match &health.audit {
-            Some(audit) => health.metrics.render() + &audit.render(),
-            None => health.metrics.render(),
-        },
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        health.metrics.render(),
     )
         .into_response()
 }

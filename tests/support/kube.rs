@@ -869,11 +869,12 @@ impl Webhook {
         self.certs.rotate(&cert.cert_pem, &cert.key_pem);
     }
 
-    /// One sample of `/metrics`, e.g. `tailguard_tls_reloads_total{result="success"}`.
+    /// One sample of `/metrics` (OpenMetrics text), e.g.
+    /// `tailguard_tls_reloads_total{result="success"}`; integer or float values.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = http_get(self.health_addr, "/metrics");
         text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
     }
 
     pub fn log_text(&self) -> String {

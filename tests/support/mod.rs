@@ -208,12 +208,20 @@ impl Serve {
         false
     }
 
-    /// One sample of the Prometheus text from `/metrics`, e.g.
-    /// `metric("tailguard_reviews_total{endpoint=\"validate\",result=\"error\"}")`.
+    /// One sample of the OpenMetrics text from `/metrics`, e.g.
+    /// `metric("tailguard_reviews_total{endpoint=\"validate\",result=\"error\"}")`:
+    /// the line is `series value` (an integer or a float such as `3.0`), labels
+    /// in the order the server writes them.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = self.health_get("/metrics");
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        text.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
     }
 }
 
