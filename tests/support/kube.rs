@@ -873,8 +873,14 @@ impl Webhook {
     /// `tailguard_tls_reloads_total{result="success"}`; integer or float values.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = http_get(self.health_addr, "/metrics");
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+        text.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
     }
 
     pub fn log_text(&self) -> String {
