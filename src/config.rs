@@ -22,7 +22,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::rules::{Level, RuleId};
+use crate::catalog::{Level, RuleId};
 
 /// Images recognised as Tailscale when the config names none. Registry hosts
 /// `docker.io/` and `index.docker.io/` are normalised away before matching.

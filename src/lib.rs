@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod catalog;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod expansion;
 pub mod inject;
 pub mod manifest;
+pub mod namespace;
 pub mod policy;
 pub mod rules;
 pub mod security;
