@@ -177,6 +177,62 @@ async fn reviews_over_http1_and_http2() {
     }
 }
 
+/// The review log line carries its `review` span (endpoint, uid, kind, object,
+/// decision, micros) and, under it, its `connection` span (number, peer, protocol).
+#[tokio::test]
+async fn review_log_lines_carry_review_and_connection_spans() {
+    let dir = TempDir::new("spans");
+    let pki = Pki::new("spans CA");
+    let server = serve_pki(&pki, &dir, &[]);
+    let mut conn = Https::connect(server.addr, &pki.ca.cert_pem, Proto::Http2)
+        .await
+        .expect("connect");
+    let uid = "5b1d7a2e-spans";
+    assert_review(&conn.post_json("/validate", tailscale_daemonset_review(uid)).await, uid);
+    let line = |s: &String| serde_json::from_str::<serde_json::Value>(s).ok();
+    let is_review = |v: &serde_json::Value| v["fields"]["message"] == "review";
+    assert!(
+        eventually(PATIENCE, || server
+            .stderr()
+            .iter()
+            .filter_map(line)
+            .any(|v| is_review(&v)))
+        .await
+    );
+    let logged = server
+        .stderr()
+        .iter()
+        .filter_map(line)
+        .find(is_review)
+        .expect("a review log line");
+    // The existing fields are unchanged.
+    assert_eq!(logged["fields"]["uid"], uid, "{logged}");
+    let span = &logged["span"];
+    assert_eq!(span["name"], "review", "{logged}");
+    assert_eq!(span["endpoint"], "validate", "{logged}");
+    assert_eq!(span["uid"], uid, "{logged}");
+    assert_eq!(span["kind"], "DaemonSet", "{logged}");
+    assert_eq!(span["object"], "tailscale/tailscale", "{logged}");
+    assert!(
+        span["decision"] == "allowed" || span["decision"] == "denied",
+        "{logged}"
+    );
+    assert!(span["micros"].is_u64(), "{logged}");
+    let spans = logged["spans"].as_array().expect("a span list");
+    let connection = spans
+        .iter()
+        .find(|s| s["name"] == "connection")
+        .unwrap_or_else(|| panic!("no connection span: {logged}"));
+    assert!(connection["conn"].is_u64(), "{logged}");
+    assert_eq!(connection["protocol"], "h2", "{logged}");
+    assert!(
+        connection["peer"]
+            .as_str()
+            .is_some_and(|p| p.parse::<SocketAddr>().is_ok()),
+        "{logged}"
+    );
+}
+
 #[tokio::test]
 async fn refuses_bad_requests() {
     let dir = TempDir::new("refuses");

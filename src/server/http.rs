@@ -11,6 +11,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::metrics::{Metrics, ReviewResult};
 use crate::admission::{self, NamespaceSource, ReviewError, Reviewed};
@@ -58,13 +60,31 @@ pub fn router(state: AppState) -> Router {
     router.with_state(state)
 }
 
+/// Handles one review inside its `review` span: the endpoint from the start;
+/// uid, kind and object once the review is read; the decision and the elapsed
+/// microseconds at the end.
 async fn review(state: AppState, index: usize, endpoint: &'static Endpoint, request: Request) -> Response {
+    let span = tracing::info_span!(
+        "review",
+        endpoint = endpoint.name,
+        uid = Empty,
+        kind = Empty,
+        object = Empty,
+        decision = Empty,
+        micros = Empty,
+    );
+    review_in_span(state, index, endpoint, request).instrument(span).await
+}
+
+async fn review_in_span(state: AppState, index: usize, endpoint: &'static Endpoint, request: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let reject = |status: StatusCode, message: String| {
-        state
-            .metrics
-            .record_review(index, ReviewResult::Error, started.elapsed(), &[]);
+        let elapsed = started.elapsed();
+        state.metrics.record_review(index, ReviewResult::Error, elapsed, &[]);
+        tracing::Span::current()
+            .record("decision", "error")
+            .record("micros", elapsed.as_micros() as u64);
         tracing::warn!(endpoint = endpoint.name, status = status.as_u16(), error = %message, "request refused");
         (
             status,
@@ -115,7 +135,8 @@ async fn review(state: AppState, index: usize, endpoint: &'static Endpoint, requ
     };
     let reviewed = if body.len() > BLOCKING_THRESHOLD {
         let (config, namespaces, f) = (state.config.clone(), state.namespaces.clone(), endpoint.review);
-        tokio::task::spawn_blocking(move || run_review(f, &body, &config, &*namespaces))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| run_review(f, &body, &config, &*namespaces)))
             .await
             .unwrap_or_else(|e| Err(format!("review task failed: {e}")))
     } else {
@@ -131,6 +152,15 @@ async fn review(state: AppState, index: usize, endpoint: &'static Endpoint, requ
                 ReviewResult::Denied
             };
             state.metrics.record_review(index, result, elapsed, &verdict.findings);
+            let span = tracing::Span::current();
+            span.record("uid", verdict.uid.as_str())
+                .record("decision", if verdict.allowed { "allowed" } else { "denied" })
+                .record("micros", elapsed.as_micros() as u64);
+            if let Some(object) = verdict.object.as_deref() {
+                // `Kind/namespace/name` (or `Kind/name`).
+                let (kind, name) = object.split_once('/').unwrap_or((object, ""));
+                span.record("kind", kind).record("object", name);
+            }
             if verdict.findings.is_empty() && verdict.unreadable.is_none() {
                 tracing::info!(
                     endpoint = endpoint.name,

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
 
 use super::self_certs::installer;
 use super::{Metrics, Server, health, http, idle, tls};
@@ -118,16 +119,31 @@ impl Server {
     }
 }
 
+/// Spawns hyper's tasks (HTTP/2 streams) inside the span of the connection
+/// that spawns them, so a review's logs carry its connection.
+#[derive(Clone, Copy)]
+struct SpanExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        TokioExecutor::new().execute(future.in_current_span());
+    }
+}
+
 /// HTTP settings per negotiated protocol.
 struct Protocols {
-    auto: auto::Builder<TokioExecutor>,
-    h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
+    auto: auto::Builder<SpanExecutor>,
+    h1: auto::Builder<SpanExecutor>,
+    h2: auto::Builder<SpanExecutor>,
 }
 
 impl Protocols {
     fn new(limits: &Limits) -> Protocols {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(SpanExecutor);
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -146,11 +162,12 @@ impl Protocols {
         }
     }
 
-    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+    /// The builder for `alpn`, and the protocol name logged on the connection span.
+    fn for_alpn(&self, alpn: Option<&[u8]>) -> (&auto::Builder<SpanExecutor>, &'static str) {
         match alpn {
-            Some(b"h2") => &self.h2,
-            Some(b"http/1.1") => &self.h1,
-            _ => &self.auto,
+            Some(b"h2") => (&self.h2, "h2"),
+            Some(b"http/1.1") => (&self.h1, "http1.1"),
+            _ => (&self.auto, "auto"),
         }
     }
 }
@@ -177,6 +194,7 @@ async fn accept_loop(
     let mut stop_accepting_at: Option<tokio::time::Instant> = None;
     let epoch = std::time::Instant::now();
     let mut open = idle::Connections::default();
+    let mut connection_number: u64 = 0;
     loop {
         let at_limit = connections.len() >= limits.max_connections;
         // At the limit, an idle connection can give up its slot.
@@ -208,6 +226,13 @@ async fn accept_loop(
                     let accepted_in = *phase.borrow();
                     let activity = idle::Activity::new(epoch);
                     open.add(&activity);
+                    connection_number += 1;
+                    let span = tracing::info_span!(
+                        "connection",
+                        conn = connection_number,
+                        %peer,
+                        protocol = tracing::field::Empty,
+                    );
                     connections.spawn(connection(
                         stream,
                         peer,
@@ -219,7 +244,7 @@ async fn accept_loop(
                         accepted_in,
                         limits,
                         activity,
-                    ));
+                    ).instrument(span));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -297,7 +322,8 @@ async fn connection(
         },
         () = finished(&mut phase, accepted_in) => return,
     };
-    let builder = protocols.for_alpn(tls.get_ref().1.alpn_protocol());
+    let (builder, protocol) = protocols.for_alpn(tls.get_ref().1.alpn_protocol());
+    tracing::Span::current().record("protocol", protocol);
     let service = idle::Tracked {
         inner: TowerToHyperService::new(service),
         activity: activity.clone(),
