@@ -583,9 +583,13 @@ fn injected_sidecars_fail_closed() {
     assert!(exit.userspace && exit.exit_node.is_some());
     let mut cases = Vec::new();
 
-    // The exit node is not in the tailnet (a typo, a removed node).
+    // The exit node is not in the tailnet (a typo, a removed node); another
+    // exit node, whose name contains "selected", is (it must not pass the probe).
     let mut absent = oracle_request(&exit, internet_only(), false);
-    absent["peers"] = json!([{"ip": WEB_PEER, "name": "web"}]);
+    absent["peers"] = json!([
+        {"ip": WEB_PEER, "name": "web"},
+        {"ip": "100.100.2.2", "name": "preselected", "advertiseExitNode": true, "approved": true},
+    ]);
     cases.push(FailCase {
         label: "exit node not in the tailnet: not Ready, the app never starts",
         request: absent.clone(),

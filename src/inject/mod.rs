@@ -453,10 +453,12 @@ fn cluster_cidrs(no_proxy: &[String]) -> Vec<(IpAddr, u8)> {
 const PROXY_HOST: &str = "127.0.0.1";
 
 /// The exit-node probe: `tailscale exit-node list` shows only peers that
-/// offer exit routes, and marks the one in use "selected".
+/// offer exit routes, and marks the one in use "selected" (or "selected but
+/// offline ...") in its last column: matched there, so a peer whose host name
+/// contains "selected" cannot pass it.
 fn exit_node_check(exit: IpAddr) -> String {
     format!(
-        "tailscale exit-node list 2>&1 | grep -q selected || {{ echo 'exit node {exit} is not in use (tailscale exit-node list shows none selected): make sure {exit} is a node of this tailnet and approved as an exit node'; exit 1; }}"
+        "tailscale exit-node list 2>&1 | grep -qE '[[:space:]]selected( but offline.*)?[[:space:]]*$' || {{ echo 'exit node {exit} is not in use (tailscale exit-node list shows none selected): make sure {exit} is a node of this tailnet and approved as an exit node'; exit 1; }}"
     )
 }
 
