@@ -1,13 +1,15 @@
 //! tailguard: an admission webhook for Tailscale workloads.
 //!
 //! The pure core (`workload`, `tailscale`, `security`, `expansion`, `rules`,
-//! `admission`, `audit`, `config`) never does I/O; `server`, `cluster` and `cli` are thin adapters.
+//! `admission`, `audit`, `check`, `inject`, `config`) never does I/O;
+//! `server`, `cluster` and `cli` are thin adapters.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod audit;
 pub mod catalog;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -3,21 +3,16 @@
 //! Exit status: 0 no deny finding, 1 at least one, 2 some input could not be
 //! read (findings for the rest are still printed).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::ValueEnum;
-use k8s_openapi::api::core::v1::Namespace;
-use serde::Serialize;
 
-use crate::config::Config;
-use crate::manifest::{self, Document, ReadError};
+use crate::catalog::Severity;
+use crate::manifest;
 
-use crate::rules::{self, Finding, NamespaceFacts, Severity};
-use crate::workload::Workload;
+pub use crate::check::{Located, Report, check_documents};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -38,38 +33,6 @@ pub struct CheckArgs {
     /// Manifest files or directories (searched for *.yaml, *.yml, *.json); `-` reads stdin.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-}
-
-/// One finding, located.
-#[derive(Debug, Clone, Serialize)]
-pub struct Located {
-    pub file: String,
-    pub line: usize,
-    /// `Kind/namespace/name` (`-` when the manifest leaves the namespace to the client).
-    pub object: String,
-    #[serde(flatten)]
-    pub finding: Finding,
-}
-
-/// Everything a check run found.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub findings: Vec<Located>,
-    pub errors: Vec<String>,
-    #[serde(skip)]
-    pub objects: usize,
-}
-
-impl Report {
-    pub fn exit_code(&self) -> u8 {
-        if !self.errors.is_empty() {
-            2
-        } else if self.findings.iter().any(|f| f.finding.severity == Severity::Deny) {
-            1
-        } else {
-            0
-        }
-    }
 }
 
 pub fn run(args: CheckArgs) -> ExitCode {
@@ -145,52 +108,4 @@ fn write_text(w: &mut impl Write, report: &Report) -> std::io::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Runs the rules over manifest documents. Namespaces defined in the same
-/// input stand in for the cluster's (labels, annotations); other namespaces are
-/// unknown, so namespace-aware rules skip them.
-pub fn check_documents(docs: &[Document], read_errors: Vec<ReadError>, config: &Config) -> Report {
-    let mut errors: Vec<String> = read_errors.iter().map(ToString::to_string).collect();
-    let mut namespaces: BTreeMap<String, Arc<Namespace>> = BTreeMap::new();
-    for doc in docs
-        .iter()
-        .filter(|d| d.object.get("kind").and_then(|k| k.as_str()) == Some("Namespace"))
-    {
-        match serde_json::from_value::<Namespace>(doc.object.clone()) {
-            Ok(ns) => {
-                if let Some(name) = ns.metadata.name.clone() {
-                    namespaces.insert(name, Arc::new(ns));
-                }
-            }
-            Err(e) => errors.push(format!("{}:{}: Namespace: {e}", doc.source, doc.line)),
-        }
-    }
-    let mut report = Report::default();
-    for doc in docs {
-        let workload = match Workload::from_value(&doc.object) {
-            Ok(Some(w)) => w,
-            Ok(None) => continue,
-            Err(e) => {
-                errors.push(format!("{}:{}: {e}", doc.source, doc.line));
-                continue;
-            }
-        };
-        report.objects += 1;
-        let facts = workload
-            .namespace()
-            .and_then(|ns| namespaces.get(ns))
-            .map_or(NamespaceFacts::Unknown, |ns| NamespaceFacts::Known(ns.clone()));
-        let object = workload.reference();
-        for finding in rules::evaluate(&workload, config, &facts) {
-            report.findings.push(Located {
-                file: doc.source.clone(),
-                line: doc.line,
-                object: object.clone(),
-                finding,
-            });
-        }
-    }
-    report.errors = errors;
-    report
 }

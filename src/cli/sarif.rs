@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::rules::{Level, RuleId, Severity};
 
-use super::check::{Located, Report};
+use crate::check::{Located, Report};
 
 pub const SCHEMA: &str = "https://json.schemastore.org/sarif-2.1.0.json";
 pub const VERSION: &str = "2.1.0";

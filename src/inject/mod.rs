@@ -20,6 +20,7 @@ use crate::rules::pod_security::{PsaLevel, enforced_level};
 use crate::tailscale::DEFAULT_HEALTH_PORT;
 use crate::workload::{Workload, WorkloadKind};
 
+pub mod manifests;
 pub mod patch;
 pub mod settings;
 
