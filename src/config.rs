@@ -23,6 +23,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::catalog::{Level, RuleId};
+use crate::mode::Mode;
 
 /// Images recognised as Tailscale when the config names none. Registry hosts
 /// `docker.io/` and `index.docker.io/` are normalised away before matching.
@@ -188,7 +189,7 @@ pub struct InjectionConfig {
     pub auth_secret: String,
     pub auth_secret_key: String,
     /// `userspace` (HTTP/SOCKS5 proxies, no privileges) or `tun` (NET_ADMIN, TUN device).
-    pub mode: String,
+    pub mode: Mode,
     /// Exit node (a tailnet IP) for egress, if any.
     pub exit_node: Option<String>,
     pub tags: Vec<String>,
@@ -217,7 +218,7 @@ impl Default for InjectionConfig {
             allowed_images: DEFAULT_IMAGES.iter().map(|s| (*s).to_owned()).collect(),
             auth_secret: "tailscale-auth".into(),
             auth_secret_key: "authkey".into(),
-            mode: "userspace".into(),
+            mode: Mode::Userspace,
             exit_node: None,
             tags: Vec::new(),
             accept_routes: false,
@@ -370,8 +371,6 @@ impl Config {
         let i = &self.injection;
         let problem = if i.image.trim().is_empty() {
             Some("injection.image must not be empty".to_owned())
-        } else if !matches!(i.mode.as_str(), "userspace" | "tun") {
-            Some(format!("injection.mode must be userspace or tun, not `{}`", i.mode))
         } else if let Some(e) = i
             .exit_node
             .as_deref()

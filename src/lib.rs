@@ -16,6 +16,7 @@ pub mod config;
 pub mod expansion;
 pub mod inject;
 pub mod manifest;
+pub mod mode;
 pub mod namespace;
 pub mod policy;
 pub mod rules;

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar};
 
 use crate::config::Config;
 use crate::expansion;
+use crate::mode::Mode;
 use crate::workload::Workload;
 
 /// Largest expanded env value modelled; a bigger one counts as unknown.
@@ -230,15 +231,14 @@ pub fn runs_containerboot(c: &Container) -> bool {
     command.iter().chain(c.args.iter().flatten()).any(names_containerboot)
 }
 
-/// How tailscaled will run.
+/// What a container's `TS_USERSPACE` says about how tailscaled will run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// TS_USERSPACE unset or unparseable: containerboot's default, userspace.
-    DefaultUserspace,
-    Userspace,
-    /// TS_USERSPACE=false: kernel TUN mode.
-    Kernel,
-    /// TS_USERSPACE comes from a ConfigMap/Secret: unknown.
+pub enum ModeSetting {
+    /// Unset or unparseable: containerboot's default, userspace.
+    Default,
+    /// Set to a value containerboot reads.
+    Set(Mode),
+    /// Comes from a ConfigMap/Secret: unknown.
     Unknown,
 }
 
@@ -283,16 +283,16 @@ impl<'a> TailscaleContainer<'a> {
         format!("{}.env[{index}].value", self.path)
     }
 
-    pub fn mode(&self) -> Mode {
+    pub fn mode(&self) -> ModeSetting {
         match self.env.get("TS_USERSPACE") {
             // envFrom may set it: unknown, not unset.
-            None if self.env.has_env_from => Mode::Unknown,
-            None => Mode::DefaultUserspace,
-            Some((_, EnvValue::External)) => Mode::Unknown,
+            None if self.env.has_env_from => ModeSetting::Unknown,
+            None => ModeSetting::Default,
+            Some((_, EnvValue::External)) => ModeSetting::Unknown,
             Some((_, EnvValue::Known(v))) => match parse_go_bool(v) {
-                Some(true) => Mode::Userspace,
-                Some(false) => Mode::Kernel,
-                None => Mode::DefaultUserspace,
+                Some(true) => ModeSetting::Set(Mode::Userspace),
+                Some(false) => ModeSetting::Set(Mode::Tun),
+                None => ModeSetting::Default,
             },
         }
     }
@@ -441,10 +441,10 @@ mod tests {
     #[test]
     fn mode_follows_containerboot_parsing() {
         for (value, mode) in [
-            ("false", Mode::Kernel),
-            ("0", Mode::Kernel),
-            ("true", Mode::Userspace),
-            ("no", Mode::DefaultUserspace),
+            ("false", ModeSetting::Set(Mode::Tun)),
+            ("0", ModeSetting::Set(Mode::Tun)),
+            ("true", ModeSetting::Set(Mode::Userspace)),
+            ("no", ModeSetting::Default),
         ] {
             let c = container(json!([{"name": "TS_USERSPACE", "value": value}]));
             let w = TailscaleContainer {

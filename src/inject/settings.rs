@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::config::Config;
+pub use crate::mode::Mode;
 use crate::rules::NamespaceFacts;
 
 pub const AUTH_SECRET: &str = "tailguard.io/auth-secret";
@@ -19,21 +20,6 @@ pub const CPU_REQUEST: &str = "tailguard.io/cpu-request";
 pub const CPU_LIMIT: &str = "tailguard.io/cpu-limit";
 pub const MEMORY_REQUEST: &str = "tailguard.io/memory-request";
 pub const MEMORY_LIMIT: &str = "tailguard.io/memory-limit";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Userspace,
-    Tun,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Userspace => "userspace",
-            Mode::Tun => "tun",
-        }
-    }
-}
 
 /// The resolved settings for one pod's sidecar.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,10 +107,9 @@ pub fn resolve(
         Some((v, _)) => v.to_owned(),
         None => d.auth_secret_key.clone(),
     };
-    let mode = match lookup(MODE).map_or((d.mode.as_str(), "config"), |x| x) {
-        ("userspace", _) => Mode::Userspace,
-        ("tun", _) => Mode::Tun,
-        (v, who) => return Err(bad(MODE, v, who, "mode must be `userspace` or `tun`")),
+    let mode = match lookup(MODE) {
+        None => d.mode,
+        Some((v, who)) => Mode::from_name(v).ok_or_else(|| bad(MODE, v, who, "mode must be `userspace` or `tun`"))?,
     };
     let exit_node = match lookup(EXIT_NODE) {
         Some(("", _)) => None,

@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 
 use super::{Context, Findings, RuleId};
-use crate::tailscale::Mode;
+use crate::mode::Mode;
+use crate::tailscale::ModeSetting;
 use crate::workload::WorkloadKind;
 
 pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
@@ -30,7 +31,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
                     "run exit nodes and exit-node clients as separate workloads (e.g. one DaemonSet pinned to the exit node, one for the other nodes)",
                 );
             }
-            if tc.mode() == Mode::Kernel && !up.bool("exit-node-allow-lan-access") {
+            if tc.mode() == ModeSetting::Set(Mode::Tun) && !up.bool("exit-node-allow-lan-access") {
                 out.report(
                     RuleId::LanAccess,
                     up.path.clone(),

@@ -6,8 +6,9 @@ use k8s_openapi::api::core::v1::PodSpec;
 
 use super::{Context, Findings, RuleId};
 use crate::config::ContainerRuntime;
+use crate::mode::Mode;
 use crate::security::{Has, Privileges};
-use crate::tailscale::{Mode, Setting, TailscaleContainer};
+use crate::tailscale::{ModeSetting, Setting, TailscaleContainer};
 use crate::workload::WorkloadKind;
 
 const TUN: &str = "/dev/net/tun";
@@ -20,7 +21,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
         let tun = tun_mount(tc, pod);
         let privileges = Privileges::of(tc.container, pod, cx.config.runtime);
         match tc.mode() {
-            Mode::Kernel => {
+            ModeSetting::Set(Mode::Tun) => {
                 net_admin(tc, &privileges, out);
                 tun_device(tc, &privileges, &tun, cx.config.runtime, out);
                 if daemonset && pod.host_network != Some(true) {
@@ -36,7 +37,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
                 }
                 ip_forwarding(cx, tc, &privileges, out);
             }
-            Mode::DefaultUserspace => {
+            ModeSetting::Default => {
                 let asks_for_kernel =
                     privileges.privileged || tc.adds_capability("NET_ADMIN") || matches!(tun, Tun::Mounted);
                 if asks_for_kernel {
@@ -58,7 +59,7 @@ pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
                     );
                 }
             }
-            Mode::Userspace | Mode::Unknown => {}
+            ModeSetting::Set(Mode::Userspace) | ModeSetting::Unknown => {}
         }
     }
 }
