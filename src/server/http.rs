@@ -1,16 +1,16 @@
 //! The admission routes: bytes in, `admission::*` call, bytes out.
 
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes, HttpBody as _};
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
@@ -78,113 +78,10 @@ async fn review(state: AppState, index: usize, endpoint: &'static Endpoint, requ
 
 async fn review_in_span(state: AppState, index: usize, endpoint: &'static Endpoint, request: Request) -> Response {
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
-    let reject = |status: StatusCode, message: String| {
-        let elapsed = started.elapsed();
-        state.metrics.record_review(index, ReviewResult::Error, elapsed, &[]);
-        tracing::Span::current()
-            .record("decision", "error")
-            .record("micros", elapsed.as_micros() as u64);
-        tracing::warn!(endpoint = endpoint.name, status = status.as_u16(), error = %message, "request refused");
-        (
-            status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            )],
-            message + "\n",
-        )
-            .into_response()
-    };
-    if !is_json(&parts.headers) {
-        return reject(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json".to_string(),
-        );
-    }
-    let max = state.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {max} bytes"),
-        );
-    }
-    let hint = declared.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
-    let body = match tokio::time::timeout(state.body_timeout, read_body(body, max, hint)).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(BodyError::TooLarge)) => {
-            return reject(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {max} bytes"),
-            );
-        }
-        Ok(Err(BodyError::Read(e))) => {
-            return reject(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"));
-        }
-        Err(_) => {
-            return reject(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("request body not received within {:?}", state.body_timeout),
-            );
-        }
-    };
-    let reviewed = if body.len() > BLOCKING_THRESHOLD {
-        let (config, namespaces, f) = (state.config.clone(), state.namespaces.clone(), endpoint.review);
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| run_review(f, &body, &config, &*namespaces)))
-            .await
-            .unwrap_or_else(|e| Err(format!("review task failed: {e}")))
-    } else {
-        run_review(endpoint.review, &body, &state.config, &*state.namespaces)
-    };
-    match reviewed {
-        Ok(Ok(reviewed)) => {
+    match answer(&state, endpoint, request).await {
+        Ok(reviewed) => {
             let elapsed = started.elapsed();
-            let verdict = &reviewed.verdict;
-            let result = if verdict.allowed {
-                ReviewResult::Allowed
-            } else {
-                ReviewResult::Denied
-            };
-            state.metrics.record_review(index, result, elapsed, &verdict.findings);
-            let span = tracing::Span::current();
-            span.record("uid", verdict.uid.as_str())
-                .record("decision", if verdict.allowed { "allowed" } else { "denied" })
-                .record("micros", elapsed.as_micros() as u64);
-            if let Some(object) = verdict.object.as_deref() {
-                // `Kind/namespace/name` (or `Kind/name`).
-                let (kind, name) = object.split_once('/').unwrap_or((object, ""));
-                span.record("kind", kind).record("object", name);
-            }
-            if verdict.findings.is_empty() && verdict.unreadable.is_none() {
-                tracing::info!(
-                    endpoint = endpoint.name,
-                    uid = %verdict.uid,
-                    object = verdict.object.as_deref().unwrap_or("-"),
-                    allowed = verdict.allowed,
-                    findings = 0,
-                    micros = elapsed.as_micros() as u64,
-                    "review"
-                );
-            } else {
-                let rules: Vec<&str> = verdict.findings.iter().map(|f| f.rule.name()).collect();
-                tracing::info!(
-                    endpoint = endpoint.name,
-                    uid = %verdict.uid,
-                    object = verdict.object.as_deref().unwrap_or("-"),
-                    allowed = verdict.allowed,
-                    findings = verdict.findings.len(),
-                    rules = rules.join(","),
-                    unreadable = verdict.unreadable.as_deref(),
-                    micros = elapsed.as_micros() as u64,
-                    "review"
-                );
-            }
+            record_review(&state, index, endpoint, &reviewed, elapsed);
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -192,8 +89,182 @@ async fn review_in_span(state: AppState, index: usize, endpoint: &'static Endpoi
             )
                 .into_response()
         }
-        Ok(Err(e)) => reject(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(panic) => reject(StatusCode::INTERNAL_SERVER_ERROR, panic),
+        Err(error) => {
+            let elapsed = started.elapsed();
+            state.metrics.record_review(index, ReviewResult::Error, elapsed, &[]);
+            tracing::Span::current()
+                .record("decision", "error")
+                .record("micros", elapsed.as_micros() as u64);
+            tracing::warn!(
+                endpoint = endpoint.name,
+                status = error.status().as_u16(),
+                error = %error,
+                "request refused"
+            );
+            error.into_response()
+        }
+    }
+}
+
+/// Why a request got no review in return: the HTTP status and a one-line
+/// reason, sent as text (the apiserver logs it; kubectl shows it).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Content-Type must be application/json")]
+    NotJson,
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("cannot read the request body: {0}")]
+    Read(String),
+    #[error("request body not received within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Review(#[from] ReviewError),
+    /// A panic in the core, contained to this request.
+    #[error("internal error while reviewing: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Read(_) | ApiError::Review(_) => StatusCode::BAD_REQUEST,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            format!("{self}\n"),
+        )
+            .into_response()
+    }
+}
+
+/// Reads the request and runs the review (on the blocking pool when large).
+async fn answer(state: &AppState, endpoint: &'static Endpoint, request: Request) -> Result<Reviewed, ApiError> {
+    let (parts, mut body) = request.into_parts();
+    if !is_json(&parts.headers) {
+        return Err(ApiError::NotJson);
+    }
+    let max = state.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // One deadline for the whole body, however it trickles in (hyper's
+    // timeouts cover headers and idle connections, not a slow body).
+    let deadline = tokio::time::Instant::now() + state.body_timeout;
+    let read = async {
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(ApiError::TooLarge(max));
+        }
+        match Limited::new(&mut body, max).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => Err(ApiError::TooLarge(max)),
+            Err(e) => Err(ApiError::Read(e.to_string())),
+        }
+    };
+    let bytes = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(ApiError::TooLarge(max))) => {
+            if parts.version == Version::HTTP_2 {
+                drain(&mut body, max.saturating_mul(DRAIN_FACTOR), deadline).await;
+            }
+            return Err(ApiError::TooLarge(max));
+        }
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(ApiError::Timeout(state.body_timeout)),
+    };
+    if bytes.len() > BLOCKING_THRESHOLD {
+        let (config, namespaces, f) = (state.config.clone(), state.namespaces.clone(), endpoint.review);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| run_review(f, &bytes, &config, &*namespaces)))
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Internal(format!("review task failed: {e}"))))
+    } else {
+        run_review(endpoint.review, &bytes, &state.config, &*state.namespaces)
+    }
+}
+
+/// How much of an oversized HTTP/2 body is read and dropped, as a multiple of
+/// the limit, before the 413 is sent.
+const DRAIN_FACTOR: usize = 4;
+
+/// Reads and drops the rest of an oversized HTTP/2 request body (at most
+/// `budget` bytes, until `deadline`), so that the 413 ends a stream the client
+/// has finished sending. Answering earlier is allowed (RFC 9113 §8.1: the
+/// response, then RST_STREAM NO_ERROR), and Go clients such as the apiserver
+/// read the 413 either way, but some clients (curl 7.x) drop the response on
+/// that reset and report only a stream error. Past the budget the stream is
+/// reset as before. HTTP/1.1 needs none of this: hyper closes the connection
+/// after the response.
+async fn drain(body: &mut Body, budget: usize, deadline: tokio::time::Instant) {
+    let mut left = budget;
+    let _ = tokio::time::timeout_at(deadline, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            if n > left {
+                break;
+            }
+            left -= n;
+        }
+    })
+    .await;
+}
+
+/// Counts and logs an answered review, and fills in the `review` span.
+fn record_review(state: &AppState, index: usize, endpoint: &Endpoint, reviewed: &Reviewed, elapsed: Duration) {
+    let verdict = &reviewed.verdict;
+    let result = if verdict.allowed {
+        ReviewResult::Allowed
+    } else {
+        ReviewResult::Denied
+    };
+    state.metrics.record_review(index, result, elapsed, &verdict.findings);
+    let span = tracing::Span::current();
+    span.record("uid", verdict.uid.as_str())
+        .record("decision", if verdict.allowed { "allowed" } else { "denied" })
+        .record("micros", elapsed.as_micros() as u64);
+    if let Some(object) = verdict.object.as_deref() {
+        // `Kind/namespace/name` (or `Kind/name`).
+        let (kind, name) = object.split_once('/').unwrap_or((object, ""));
+        span.record("kind", kind).record("object", name);
+    }
+    if verdict.findings.is_empty() && verdict.unreadable.is_none() {
+        tracing::info!(
+            endpoint = endpoint.name,
+            uid = %verdict.uid,
+            object = verdict.object.as_deref().unwrap_or("-"),
+            allowed = verdict.allowed,
+            findings = 0,
+            micros = elapsed.as_micros() as u64,
+            "review"
+        );
+    } else {
+        let rules: Vec<&str> = verdict.findings.iter().map(|f| f.rule.name()).collect();
+        tracing::info!(
+            endpoint = endpoint.name,
+            uid = %verdict.uid,
+            object = verdict.object.as_deref().unwrap_or("-"),
+            allowed = verdict.allowed,
+            findings = verdict.findings.len(),
+            rules = rules.join(","),
+            unreadable = verdict.unreadable.as_deref(),
+            micros = elapsed.as_micros() as u64,
+            "review"
+        );
     }
 }
 
@@ -203,15 +274,18 @@ fn run_review(
     body: &[u8],
     config: &Config,
     namespaces: &dyn NamespaceSource,
-) -> Result<Result<Reviewed, ReviewError>, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| f(body, config, namespaces))).map_err(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        format!("internal error while reviewing: {what}")
-    })
+) -> Result<Reviewed, ApiError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| f(body, config, namespaces))) {
+        Ok(reviewed) => Ok(reviewed?),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(ApiError::Internal(what))
+        }
+    }
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).
@@ -221,41 +295,6 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     };
     let essence = value.split(';').next().unwrap_or_default().trim();
     essence.eq_ignore_ascii_case("application/json")
-}
-
-enum BodyError {
-    TooLarge,
-    Read(axum::Error),
-}
-
-/// Reads the whole body, refusing more than `max` bytes. A body that arrives
-/// in one frame (the usual case) is not copied.
-async fn read_body(mut body: Body, max: usize, hint: usize) -> Result<Bytes, BodyError> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
-            continue; // trailers
-        };
-        let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len();
-        if so_far + data.len() > max {
-            return Err(BodyError::TooLarge);
-        }
-        match &first {
-            None if rest.is_empty() => first = Some(data),
-            _ => {
-                if let Some(first) = first.take() {
-                    rest.reserve(hint.max(first.len() + data.len()).min(max));
-                    rest.extend_from_slice(&first);
-                }
-                rest.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(match first {
-        Some(first) => first,
-        None => Bytes::from(rest),
-    })
 }
 
 #[cfg(test)]
@@ -279,11 +318,89 @@ mod tests {
         }
     }
 
+    fn state(max_body_bytes: usize) -> AppState {
+        AppState {
+            config: Arc::new(Config::default()),
+            namespaces: Arc::new(admission::NoCluster),
+            metrics: Arc::new(Metrics::new(&ENDPOINTS.iter().map(|e| e.name).collect::<Vec<_>>())),
+            max_body_bytes,
+            body_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// One request through [`router`], as the connection would send it.
+    async fn send(state: AppState, content_type: &str, body: Vec<u8>) -> (StatusCode, String, String) {
+        use tower::ServiceExt as _;
+        let request = axum::http::Request::post("/validate")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .expect("request");
+        let response = router(state).oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        (status, content_type, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"ConfigMap"},"operation":"CREATE","object":{}}}"#;
+
     #[tokio::test]
-    async fn body_limits() {
-        let body = Body::from(vec![b'x'; 100]);
-        assert_eq!(read_body(body, 100, 100).await.ok().map(|b| b.len()), Some(100));
-        let body = Body::from(vec![b'x'; 101]);
-        assert!(matches!(read_body(body, 100, 0).await, Err(BodyError::TooLarge)));
+    async fn router_answers_a_review() {
+        let (status, content_type, body) = send(state(1024), "application/json", REVIEW.into()).await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::OK, "application/json"));
+        assert!(body.contains(r#""uid":"u-1","allowed":true"#), "{body}");
+    }
+
+    #[tokio::test]
+    async fn router_refuses_what_is_not_a_review() {
+        let cases = [
+            (
+                "text/plain",
+                REVIEW.as_bytes().to_vec(),
+                1024,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+            ),
+            (
+                "application/json",
+                b"{not json".to_vec(),
+                1024,
+                StatusCode::BAD_REQUEST,
+                "request body is not valid JSON",
+            ),
+            (
+                "application/json",
+                br#"{"apiVersion":"v1","kind":"Pod"}"#.to_vec(),
+                1024,
+                StatusCode::BAD_REQUEST,
+                "unsupported review v1/Pod",
+            ),
+            (
+                "application/json",
+                REVIEW.as_bytes().to_vec(),
+                100,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than 100 bytes",
+            ),
+        ];
+        for (content_type, body, max, want_status, want_text) in cases {
+            let state = state(max);
+            let metrics = state.metrics.clone();
+            let (status, got_type, text) = send(state, content_type, body).await;
+            assert_eq!(status, want_status, "{text}");
+            assert_eq!(got_type, "text/plain; charset=utf-8");
+            assert!(text.starts_with(want_text) && text.ends_with('\n'), "{text}");
+            assert!(
+                metrics
+                    .render()
+                    .contains("tailguard_reviews_total{endpoint=\"validate\",result=\"error\"} 1\n"),
+                "the refusal is counted as an error"
+            );
+        }
     }
 }

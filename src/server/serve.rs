@@ -134,7 +134,9 @@ where
     }
 }
 
-/// HTTP settings per negotiated protocol.
+/// HTTP settings per negotiated protocol. ALPN has already said which protocol
+/// the client speaks, so the connection is served as exactly that one rather
+/// than by sniffing the first bytes (`auto` is kept for clients without ALPN).
 struct Protocols {
     auto: auto::Builder<SpanExecutor>,
     h1: auto::Builder<SpanExecutor>,
@@ -173,7 +175,12 @@ impl Protocols {
 }
 
 /// Shutdown phases broadcast to connections: a connection accepted in phase
-/// `p` finishes when the phase goes above `p`.
+/// `p` finishes when the phase goes above `p`. Hand-written rather than
+/// hyper-util's `GracefulShutdown`: that one owns each connection future and
+/// has one signal for all, while tailguard needs two phases (connections
+/// accepted during `--shutdown-delay` live until it ends) and to wind down a
+/// single connection (idle, or evicted at `--max-connections`) on its own. Each
+/// connection still ends through hyper's own `graceful_shutdown`.
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const CLOSED: u8 = 2;

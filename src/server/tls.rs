@@ -1,5 +1,9 @@
 //! TLS: the rustls configuration, a certificate resolver that can be swapped
 //! at run time, and the task that reloads the certificate files when they change.
+//! The resolver is tailguard's own (a `ResolvesServerCert` over a lock) because
+//! rustls's stock resolvers are fixed at construction, and a certificate
+//! renewed by cert-manager or by another replica must be served without a
+//! restart or a dropped connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
