@@ -55,20 +55,13 @@ pub enum ReviewError {
 }
 
 /// The decision, for the caller's logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub uid: String,
-    pub allowed: bool,
+    pub outcome: Outcome,
     /// `Kind/namespace/name` of the object, when it was one tailguard reads.
     pub object: Option<String>,
     pub findings: Vec<Finding>,
-    /// Set when the object could not be read; the review is then refused.
-    pub unreadable: Option<String>,
-    /// Set when the object is refused for a reason other than rule findings
-    /// (an invalid injection annotation, say).
-    pub denied: Option<String>,
-    /// The JSON Patch returned (mutation), if any.
-    pub patch: Option<json_patch::Patch>,
     /// Warnings besides warn findings (what was injected, or why not).
     pub notes: Vec<String>,
     /// The enforcement mode applied to the rule findings; `None` when no rules
@@ -81,19 +74,55 @@ pub struct Verdict {
     pub would_deny: Vec<RuleId>,
 }
 
+/// What the review answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Admitted, with the JSON Patch to apply when a sidecar is injected.
+    Allowed { patch: Option<json_patch::Patch> },
+    /// Refused by the deny findings (HTTP-style code 403 in the response).
+    Denied,
+    /// Refused because tailguard could not read the object (400), whatever
+    /// the enforcement mode: an unread object is an unchecked one.
+    Unreadable(String),
+    /// Refused for a reason other than rule findings: a pod that asked for a
+    /// sidecar tailguard cannot build as asked (403).
+    Refused(String),
+}
+
+impl Outcome {
+    /// The decision as logged and traced.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Allowed { .. } => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Unreadable(_) => "unreadable",
+            Outcome::Refused(_) => "refused",
+        }
+    }
+}
+
 impl Verdict {
     fn allow(uid: &str, object: Option<String>) -> Verdict {
         Verdict {
             uid: uid.to_owned(),
-            allowed: true,
+            outcome: Outcome::Allowed { patch: None },
             object,
             findings: Vec::new(),
-            unreadable: None,
-            denied: None,
-            patch: None,
             notes: Vec::new(),
             enforcement: None,
             would_deny: Vec::new(),
+        }
+    }
+
+    pub fn allowed(&self) -> bool {
+        matches!(self.outcome, Outcome::Allowed { .. })
+    }
+
+    /// The JSON Patch returned (mutation), if any.
+    pub fn patch(&self) -> Option<&json_patch::Patch> {
+        match &self.outcome {
+            Outcome::Allowed { patch } => patch.as_ref(),
+            _ => None,
         }
     }
 }
@@ -225,8 +254,7 @@ fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Box<Verdict>
                 &request.uid,
                 Some(format!("{kind}/{}", request.namespace.as_deref().unwrap_or("-"))),
             );
-            v.allowed = false;
-            v.unreadable = Some(format!("tailguard could not read this {kind}: {e}"));
+            v.outcome = Outcome::Unreadable(format!("tailguard could not read this {kind}: {e}"));
             Err(Box::new(v))
         }
     }
@@ -291,7 +319,9 @@ fn decide_validate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Na
     // downgrade above: only violations the update introduces are concerned.
     let denied_rules = verdict.findings.iter().filter(|f| f.severity == Severity::Deny);
     if mode == Enforcement::Deny {
-        verdict.allowed = denied_rules.count() == 0;
+        if denied_rules.count() > 0 {
+            verdict.outcome = Outcome::Denied;
+        }
     } else {
         for f in denied_rules {
             if !verdict.would_deny.contains(&f.rule) {
@@ -415,12 +445,9 @@ fn decide_mutate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Name
         Decision::Skip(why) => verdict.notes.push(format!("tailguard: sidecar not injected: {why}")),
         Decision::Inject { patch, summary } => {
             verdict.notes.push(format!("tailguard: {summary}"));
-            verdict.patch = Some(patch);
+            verdict.outcome = Outcome::Allowed { patch: Some(patch) };
         }
-        Decision::Deny(why) => {
-            verdict.allowed = false;
-            verdict.denied = Some(why);
-        }
+        Decision::Deny(why) => verdict.outcome = Outcome::Refused(why),
     }
     verdict
 }
@@ -482,24 +509,21 @@ fn grouped_warnings(findings: &[Finding], severity: Severity, prefix: &str) -> V
 }
 
 fn respond(verdict: &Verdict) -> Vec<u8> {
-    let status = (!verdict.allowed).then(|| match (&verdict.unreadable, &verdict.denied) {
-        (Some(e), _) => Status::failure(e, "BadRequest").with_code(400),
-        (None, Some(why)) => {
-            let object = verdict.object.as_deref().unwrap_or("object");
-            Status::failure(&format!("tailguard denied {object}: {why}"), "Forbidden").with_code(403)
+    let object = verdict.object.as_deref().unwrap_or("object");
+    let status = match &verdict.outcome {
+        Outcome::Allowed { .. } => None,
+        Outcome::Denied => Some(Status::failure(&denial_message(object, &verdict.findings), "Forbidden").with_code(403)),
+        Outcome::Unreadable(e) => Some(Status::failure(e, "BadRequest").with_code(400)),
+        Outcome::Refused(why) => {
+            Some(Status::failure(&format!("tailguard denied {object}: {why}"), "Forbidden").with_code(403))
         }
-        (None, None) => {
-            let object = verdict.object.as_deref().unwrap_or("object");
-            Status::failure(&denial_message(object, &verdict.findings), "Forbidden").with_code(403)
-        }
-    });
+    };
     let warnings = warnings(verdict)
         .into_iter()
         .chain(verdict.notes.iter().cloned())
         .collect();
     let patch = verdict
-        .patch
-        .as_ref()
+        .patch()
         .filter(|p| !p.0.is_empty())
         .and_then(|p| serde_json::to_vec(p).ok())
         .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -508,7 +532,7 @@ fn respond(verdict: &Verdict) -> Vec<u8> {
         kind: KIND,
         response: ResponseOut {
             uid: &verdict.uid,
-            allowed: verdict.allowed,
+            allowed: verdict.allowed(),
             status,
             warnings,
             patch_type: patch.as_ref().map(|_| "JSONPatch"),

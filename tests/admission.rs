@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{Value, json};
-use tailguard::admission::{NamespaceSource, NoCluster, ReviewError, Verdict, mutate, validate};
+use tailguard::admission::{NamespaceSource, NoCluster, Outcome, ReviewError, Verdict, mutate, validate};
 use tailguard::config::{Config, Enforcement};
 use tailguard::rules::{NamespaceFacts, RuleId, Severity};
 
@@ -69,7 +69,7 @@ fn broken_daemonset_is_denied_with_every_deny_finding() {
         "{message}"
     );
     assert!(message.contains("Fix: "), "{message}");
-    assert!(!out.verdict.allowed);
+    assert!(!out.verdict.allowed());
 }
 
 #[test]
@@ -188,7 +188,7 @@ fn namespace_facts_drive_pod_security_and_skip_rules() {
     let object = fixture_object("incident/05-final.yaml");
     let config = Config::default();
     let out = validate(&review("CREATE", object.clone()), &config, &Baseline).expect("reviewed");
-    assert!(!out.verdict.allowed);
+    assert!(!out.verdict.allowed());
     assert!(
         out.verdict
             .findings
@@ -210,7 +210,7 @@ fn namespace_facts_drive_pod_security_and_skip_rules() {
     );
     let unknown = validate(&review("CREATE", object), &config, &NoCluster).expect("reviewed");
     assert!(
-        unknown.verdict.allowed,
+        unknown.verdict.allowed(),
         "without namespace facts the namespace rule is skipped, not guessed"
     );
 }
@@ -228,13 +228,13 @@ fn an_update_is_refused_only_for_violations_it_introduces() {
     let broken = fixture_object("incident/02-hostname-flag-removed.yaml");
     // Introducing a violation: refused.
     let out = validate(&update_review(good.clone(), broken.clone()), &config, &NoCluster).expect("reviewed");
-    assert!(!out.verdict.allowed);
+    assert!(!out.verdict.allowed());
     // Already broken before (e.g. admitted before tailguard or a new rule): the update
     // (a scale, a label, a partial fix) goes through, with the violation as a warning.
     let mut relabelled = broken.clone();
     relabelled["metadata"]["labels"] = json!({"team": "net"});
     let out = validate(&update_review(broken.clone(), relabelled), &config, &NoCluster).expect("reviewed");
-    assert!(out.verdict.allowed, "{:?}", out.verdict.findings);
+    assert!(out.verdict.allowed(), "{:?}", out.verdict.findings);
     let r = response(&out.body);
     let warnings = r["warnings"].as_array().expect("warnings");
     assert!(
@@ -249,7 +249,7 @@ fn an_update_is_refused_only_for_violations_it_introduces() {
     worse["spec"]["template"]["spec"]["containers"][0]["env"][0] =
         json!({"name": "TS_AUTHKEY", "value": "tskey-auth-x"});
     let out = validate(&update_review(broken, worse), &config, &NoCluster).expect("reviewed");
-    assert!(!out.verdict.allowed);
+    assert!(!out.verdict.allowed());
     assert!(
         out.verdict
             .findings
@@ -406,7 +406,7 @@ fn enforcement_audit_admits_silently_but_keeps_warn_findings() {
     )
     .expect("reviewed");
     let warnings = warnings_of(&response(&out.body));
-    assert!(out.verdict.allowed);
+    assert!(out.verdict.allowed());
     assert_eq!(
         rule_names(&out.verdict.would_deny),
         ["unexpanded-variable", "exit-node-hostname"]
@@ -425,7 +425,7 @@ fn enforcement_applies_after_the_update_downgrade_of_existing_violations() {
     let body = update_review(broken, relabelled);
     for mode in ["deny", "warn", "audit"] {
         let out = validate(&body, &policy(mode), &NoCluster).expect("reviewed");
-        assert!(out.verdict.allowed, "{mode}");
+        assert!(out.verdict.allowed(), "{mode}");
         assert!(out.verdict.would_deny.is_empty(), "{mode}");
         let warnings = warnings_of(&response(&out.body));
         assert!(!warnings.is_empty(), "{mode}");
@@ -443,26 +443,26 @@ fn namespace_annotation_overrides_the_policy_both_ways() {
     let violating = review("CREATE", fixture_object("incident/01-original.yaml"));
     // Policy deny, namespace audit: admitted, recorded.
     let out = validate(&violating, &policy("deny"), &Enforced(Some("audit"))).expect("reviewed");
-    assert!(out.verdict.allowed);
+    assert!(out.verdict.allowed());
     assert_eq!(out.verdict.enforcement, Some(Enforcement::Audit));
     assert_eq!(out.verdict.would_deny.len(), 3);
     assert!(response(&out.body).get("warnings").is_none());
     // Policy audit, namespace deny: refused.
     let out = validate(&violating, &policy("audit"), &Enforced(Some("deny"))).expect("reviewed");
-    assert!(!out.verdict.allowed);
+    assert!(!out.verdict.allowed());
     assert_eq!(out.verdict.enforcement, Some(Enforcement::Deny));
     assert!(out.verdict.would_deny.is_empty());
     assert_eq!(response(&out.body)["status"]["code"], 403);
     // Policy audit, namespace warn.
     let out = validate(&violating, &policy("audit"), &Enforced(Some("warn"))).expect("reviewed");
-    assert!(out.verdict.allowed);
+    assert!(out.verdict.allowed());
     assert_eq!(out.verdict.enforcement, Some(Enforcement::Warn));
     let warnings = warnings_of(&response(&out.body));
     assert_eq!(warnings.iter().filter(|w| w.starts_with(WOULD_DENY)).count(), 3);
     // A namespace without the annotation gets the policy's mode.
     let out = validate(&violating, &policy("warn"), &Enforced(None)).expect("reviewed");
     assert_eq!(out.verdict.enforcement, Some(Enforcement::Warn));
-    assert!(out.verdict.allowed);
+    assert!(out.verdict.allowed());
 }
 
 #[test]
@@ -475,7 +475,7 @@ fn an_invalid_enforcement_annotation_is_ignored_with_a_warning() {
     };
     // Policy warn: still warn (not refused, not silenced), and the owner is told.
     let out = validate(&violating, &policy("warn"), &Enforced(Some("maybe"))).expect("reviewed");
-    assert!(out.verdict.allowed);
+    assert!(out.verdict.allowed());
     assert_eq!(out.verdict.enforcement, Some(Enforcement::Warn));
     assert_eq!(out.verdict.would_deny.len(), 3);
     let warnings = warnings_of(&response(&out.body));
@@ -483,12 +483,12 @@ fn an_invalid_enforcement_annotation_is_ignored_with_a_warning() {
     assert_eq!(warnings.iter().filter(|w| w.starts_with(WOULD_DENY)).count(), 3);
     // Policy deny: still refused, with the same explanation.
     let out = validate(&violating, &policy("deny"), &Enforced(Some("maybe"))).expect("reviewed");
-    assert!(!out.verdict.allowed);
+    assert!(!out.verdict.allowed());
     assert_eq!(out.verdict.enforcement, Some(Enforcement::Deny));
     assert!(warnings_of(&response(&out.body)).contains(&expected("deny")));
     // Policy audit: a typo of `deny` must not enforce less than the policy either.
     let out = validate(&violating, &policy("audit"), &Enforced(Some("Deny"))).expect("reviewed");
-    assert!(out.verdict.allowed);
+    assert!(out.verdict.allowed());
     assert_eq!(out.verdict.enforcement, Some(Enforcement::Audit));
     let warnings = warnings_of(&response(&out.body));
     assert_eq!(
@@ -501,7 +501,7 @@ fn an_invalid_enforcement_annotation_is_ignored_with_a_warning() {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
                      "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}});
     let out = validate(&review("CREATE", pod), &policy("deny"), &Enforced(Some("maybe"))).expect("reviewed");
-    assert!(out.verdict.allowed);
+    assert!(out.verdict.allowed());
     assert!(response(&out.body).get("warnings").is_none());
     // Surrounding whitespace is tolerated.
     let out = validate(&violating, &policy("deny"), &Enforced(Some(" warn\n"))).expect("reviewed");
@@ -515,10 +515,10 @@ fn an_unknown_namespace_gets_the_policy_mode() {
         let config = policy(mode.as_str());
         let out = validate(&violating, &config, &NoCluster).expect("reviewed");
         assert_eq!(out.verdict.enforcement, Some(mode));
-        assert_eq!(out.verdict.allowed, mode != Enforcement::Deny, "{mode}");
+        assert_eq!(out.verdict.allowed(), mode != Enforcement::Deny, "{mode}");
         let out = validate(&violating, &config, &NotSynced).expect("reviewed");
         assert_eq!(out.verdict.enforcement, Some(mode));
-        assert_eq!(out.verdict.allowed, mode != Enforcement::Deny, "{mode}");
+        assert_eq!(out.verdict.allowed(), mode != Enforcement::Deny, "{mode}");
         let warnings = warnings_of(&response(&out.body));
         assert!(
             warnings
@@ -535,7 +535,10 @@ fn enforcement_modes_do_not_soften_unreadable_objects_or_injection_denials() {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": "not-a-list"}});
     for mode in ["warn", "audit"] {
         let out = validate(&review("CREATE", pod.clone()), &policy(mode), &Enforced(Some(mode))).expect("reviewed");
-        assert!(!out.verdict.allowed, "{mode}: an unreadable object is still refused");
+        assert!(
+            matches!(out.verdict.outcome, Outcome::Unreadable(_)),
+            "{mode}: an unreadable object is still refused"
+        );
         assert_eq!(response(&out.body)["status"]["code"], 400);
         assert_eq!(out.verdict.enforcement, None);
         // An injection the pod asked for but cannot get is not a rule finding either.
@@ -544,9 +547,9 @@ fn enforcement_modes_do_not_soften_unreadable_objects_or_injection_denials() {
                           "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}});
         let out = mutate(&review("CREATE", asks), &policy(mode), &Enforced(Some(mode))).expect("reviewed");
         assert!(
-            !out.verdict.allowed,
+            !out.verdict.allowed(),
             "{mode}: an invalid injection label is still refused"
         );
-        assert!(out.verdict.denied.is_some() && out.verdict.would_deny.is_empty());
+        assert!(matches!(out.verdict.outcome, Outcome::Refused(_)) && out.verdict.would_deny.is_empty());
     }
 }

@@ -939,7 +939,7 @@ fn response_size_is_bounded_for_many_findings() {
         reviewed.body.len(),
         started.elapsed()
     );
-    assert!(!reviewed.verdict.allowed);
+    assert!(!reviewed.verdict.allowed());
     assert!(
         reviewed.body.len() <= 4 * body.len() + (64 << 10),
         "a {} byte review produced a {} byte response",

@@ -811,7 +811,7 @@ proptest! {
         let object = daemonset_with(env);
         let reviewed = admission::validate(&review_of(&object), &Config::default(), &admission::NoCluster).expect("answered");
         let body = String::from_utf8_lossy(&reviewed.body);
-        prop_assert!(!reviewed.verdict.allowed, "a literal key is denied");
+        prop_assert!(!reviewed.verdict.allowed(), "a literal key is denied");
         prop_assert!(body.contains("literal-auth-key"), "{}", body);
         prop_assert!(!body.contains(&key), "key echoed: {}", body);
     }

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::metrics::{Metrics, ReviewResult};
-use crate::admission::{self, NamespaceSource, ReviewError, Reviewed};
+use crate::admission::{self, NamespaceSource, Outcome, ReviewError, Reviewed};
 use crate::config::Config;
 
 /// A review function of the pure core.
@@ -227,7 +227,7 @@ async fn drain(body: &mut Body, budget: usize, deadline: tokio::time::Instant) {
 /// Counts and logs an answered review, and fills in the `review` span.
 fn record_review(state: &AppState, index: usize, endpoint: &Endpoint, reviewed: &Reviewed, elapsed: Duration) {
     let verdict = &reviewed.verdict;
-    let result = if verdict.allowed {
+    let result = if verdict.allowed() {
         ReviewResult::Allowed
     } else {
         ReviewResult::Denied
@@ -235,19 +235,19 @@ fn record_review(state: &AppState, index: usize, endpoint: &Endpoint, reviewed: 
     state.metrics.record_review(index, result, elapsed, &verdict.findings);
     let span = tracing::Span::current();
     span.record("uid", verdict.uid.as_str())
-        .record("decision", if verdict.allowed { "allowed" } else { "denied" })
+        .record("decision", verdict.outcome.as_str())
         .record("micros", elapsed.as_micros() as u64);
     if let Some(object) = verdict.object.as_deref() {
         // `Kind/namespace/name` (or `Kind/name`).
         let (kind, name) = object.split_once('/').unwrap_or((object, ""));
         span.record("kind", kind).record("object", name);
     }
-    if verdict.findings.is_empty() && verdict.unreadable.is_none() {
+    if verdict.findings.is_empty() && verdict.allowed() {
         tracing::info!(
             endpoint = endpoint.name,
             uid = %verdict.uid,
             object = verdict.object.as_deref().unwrap_or("-"),
-            allowed = verdict.allowed,
+            decision = verdict.outcome.as_str(),
             findings = 0,
             micros = elapsed.as_micros() as u64,
             "review"
@@ -258,10 +258,13 @@ fn record_review(state: &AppState, index: usize, endpoint: &Endpoint, reviewed: 
             endpoint = endpoint.name,
             uid = %verdict.uid,
             object = verdict.object.as_deref().unwrap_or("-"),
-            allowed = verdict.allowed,
+            decision = verdict.outcome.as_str(),
             findings = verdict.findings.len(),
             rules = rules.join(","),
-            unreadable = verdict.unreadable.as_deref(),
+            reason = match &verdict.outcome {
+                Outcome::Unreadable(why) | Outcome::Refused(why) => Some(why.as_str()),
+                Outcome::Allowed { .. } | Outcome::Denied => None,
+            },
             micros = elapsed.as_micros() as u64,
             "review"
         );
