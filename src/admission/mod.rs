@@ -6,17 +6,19 @@
 //! `oldObject`, `userInfo`, `managedFields` and `status` are skipped by the
 //! parser without being built.
 
-use kube::core::Status;
 use kube::core::admission::Operation;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
-
-use base64::Engine as _;
 
 use crate::config::{Config, ENFORCEMENT_ANNOTATION, Enforcement};
 use crate::inject::{self, Decision, OptIn};
 use crate::rules::{self, Finding, NamespaceFacts, RuleId, Severity};
 use crate::workload::{Meta, Workload, WorkloadKind};
+
+mod existing;
+mod respond;
+
+pub use respond::denial_message;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -182,31 +184,6 @@ struct ObjectIn<'a> {
     spec: Option<&'a RawValue>,
 }
 
-// --- response ---
-
-#[derive(Serialize)]
-struct ReviewOut<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'static str,
-    kind: &'static str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-struct ResponseOut<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<Status>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<String>,
-    /// Base64 RFC 6902 patch (the documented form; kube-core would send a byte array).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(rename = "patchType", skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-}
-
 /// Answers a `/validate` review.
 pub fn validate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) -> Result<Reviewed, ReviewError> {
     review(body, |request| decide_validate(request, config, namespaces))
@@ -231,7 +208,7 @@ fn review(body: &[u8], decide: impl FnOnce(&RequestIn<'_>) -> Verdict) -> Result
     }
     let verdict = decide(&request);
     Ok(Reviewed {
-        body: respond(&verdict),
+        body: respond::respond(&verdict),
         verdict,
     })
 }
@@ -305,7 +282,7 @@ fn decide_validate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Na
         ));
     }
     if request.operation == Operation::Update && verdict.findings.iter().any(|f| f.severity == Severity::Deny) {
-        keep_existing_violations(request, &workload, config, &facts, &mut verdict.findings);
+        existing::keep_existing_violations(request, &workload, config, &facts, &mut verdict.findings);
     }
     let (mode, bad_annotation) = enforcement(config, &facts, workload.namespace());
     // Said only where tailguard's rules run: other pods of the namespace are unaffected.
@@ -355,76 +332,6 @@ fn enforcement(config: &Config, facts: &NamespaceFacts, namespace: Option<&str>)
     (policy, Some(warning))
 }
 
-/// On UPDATE, a violation the old object already had does not block the update
-/// (so a workload admitted before a rule existed can still be scaled, labelled
-/// or fixed step by step); it is returned as a warning. Only new ones deny.
-fn keep_existing_violations(
-    request: &RequestIn<'_>,
-    workload: &Workload,
-    config: &Config,
-    facts: &NamespaceFacts,
-    findings: &mut [Finding],
-) {
-    let Some(old) = request
-        .old_object
-        .and_then(|raw| decode_object(workload.kind, raw, request).ok())
-    else {
-        return;
-    };
-    // Compare by names, not indices: an inserted env var or container shifts indices.
-    let before: Vec<(RuleId, String)> = rules::evaluate(&old, config, facts)
-        .into_iter()
-        .filter(|b| b.severity == Severity::Deny)
-        .map(|b| (b.rule, stable_path(&old, &b.path)))
-        .collect();
-    for f in findings.iter_mut().filter(|f| f.severity == Severity::Deny) {
-        let key = (f.rule, stable_path(workload, &f.path));
-        if before.contains(&key) {
-            f.severity = Severity::Warn;
-            f.message = format!("(already present before this update, so not blocking it) {}", f.message);
-        }
-    }
-}
-
-/// A finding path with list indices replaced by the names of what they index
-/// (`containers[0].env[3]` → `containers[tailscale].env[TS_EXTRA_ARGS]`).
-fn stable_path(w: &Workload, path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut container = None;
-    for segment in path.split('.') {
-        if !out.is_empty() {
-            out.push('.');
-        }
-        let indexed = segment
-            .strip_suffix(']')
-            .and_then(|s| s.split_once('['))
-            .and_then(|(field, i)| Some((field, i.parse::<usize>().ok()?)));
-        let name = indexed.and_then(|(field, i)| match field {
-            "containers" => {
-                container = w.pod.containers.get(i);
-                container.map(|c| c.name.as_str())
-            }
-            "initContainers" => {
-                container = w.pod.init_containers.as_ref().and_then(|v| v.get(i));
-                container.map(|c| c.name.as_str())
-            }
-            "env" => container.and_then(|c| c.env.as_ref()?.get(i)).map(|e| e.name.as_str()),
-            "volumes" => w.pod.volumes.as_ref().and_then(|v| v.get(i)).map(|v| v.name.as_str()),
-            _ => None,
-        });
-        match (indexed, name) {
-            (Some((field, _)), Some(name)) => {
-                out.push_str(field);
-                out.push('[');
-                out.push_str(name);
-                out.push(']');
-            }
-            _ => out.push_str(segment),
-        }
-    }
-    out
-}
-
 /// Enforcement modes do not apply here: an injection denial is not a policy
 /// finding to roll out gradually but a pod that asked for a sidecar tailguard
 /// cannot build as asked (an invalid annotation, a namespace not readable yet).
@@ -450,95 +357,4 @@ fn decide_mutate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn Name
         Decision::Deny(why) => verdict.outcome = Outcome::Refused(why),
     }
     verdict
-}
-
-/// The denial message shown by kubectl: every deny finding, one per line.
-pub fn denial_message(object: &str, findings: &[Finding]) -> String {
-    let mut message = format!("tailguard denied {object}:");
-    for f in findings.iter().filter(|f| f.severity == Severity::Deny) {
-        message.push_str("\n- ");
-        message.push_str(&f.to_string());
-    }
-    message
-}
-
-/// The warnings of a review: with `enforcement: warn`, the deny findings that
-/// were let through (first: they matter most), then the warn findings.
-fn warnings(verdict: &Verdict) -> Vec<String> {
-    let mut out = Vec::new();
-    // `audit` records would-be denials in logs and metrics only.
-    if verdict.enforcement == Some(Enforcement::Warn) && !verdict.would_deny.is_empty() {
-        out = grouped_warnings(
-            &verdict.findings,
-            Severity::Deny,
-            "tailguard would deny (enforcement: warn):",
-        );
-    }
-    out.extend(grouped_warnings(&verdict.findings, Severity::Warn, "tailguard:"));
-    out
-}
-
-/// One warning per rule, listing every path: the apiserver cuts each warning
-/// to 256 characters once a response's warnings pass 4 KiB, which would drop
-/// the fixes if every finding had its own.
-fn grouped_warnings(findings: &[Finding], severity: Severity, prefix: &str) -> Vec<String> {
-    let mut grouped: Vec<(&Finding, Vec<&str>)> = Vec::new();
-    for f in findings.iter().filter(|f| f.severity == severity) {
-        match grouped.iter_mut().find(|(first, _)| first.rule == f.rule) {
-            Some((_, paths)) => paths.push(&f.path),
-            None => grouped.push((f, vec![&f.path])),
-        }
-    }
-    grouped
-        .into_iter()
-        .map(|(f, paths)| {
-            let more = if paths.len() > 1 {
-                format!(" (and {} more)", paths.len() - 1)
-            } else {
-                String::new()
-            };
-            format!(
-                "{prefix} [{}] {}: {}{more} Fix: {}",
-                f.rule,
-                paths.join(", "),
-                f.message,
-                f.hint
-            )
-        })
-        .collect()
-}
-
-fn respond(verdict: &Verdict) -> Vec<u8> {
-    let object = verdict.object.as_deref().unwrap_or("object");
-    let status = match &verdict.outcome {
-        Outcome::Allowed { .. } => None,
-        Outcome::Denied => Some(Status::failure(&denial_message(object, &verdict.findings), "Forbidden").with_code(403)),
-        Outcome::Unreadable(e) => Some(Status::failure(e, "BadRequest").with_code(400)),
-        Outcome::Refused(why) => {
-            Some(Status::failure(&format!("tailguard denied {object}: {why}"), "Forbidden").with_code(403))
-        }
-    };
-    let warnings = warnings(verdict)
-        .into_iter()
-        .chain(verdict.notes.iter().cloned())
-        .collect();
-    let patch = verdict
-        .patch()
-        .filter(|p| !p.0.is_empty())
-        .and_then(|p| serde_json::to_vec(p).ok())
-        .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
-    let out = ReviewOut {
-        api_version: API_VERSION,
-        kind: KIND,
-        response: ResponseOut {
-            uid: &verdict.uid,
-            allowed: verdict.allowed(),
-            status,
-            warnings,
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-        },
-    };
-    // Serializing plain structs of strings cannot fail.
-    serde_json::to_vec(&out).unwrap_or_else(|_| b"{}".to_vec())
 }
