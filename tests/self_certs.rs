@@ -32,7 +32,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tailguard::certs::{self, CaPem, CertInfo, SecretCerts};
-use tailguard::cluster::certs::{Decision, KubeSecret, SecretStore, ensure_secret, secret_data};
+use tailguard::cluster::certs::{KubeSecret, SecretAction, SecretStore, ensure_secret, secret_data};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tailguard");
 const NS: &str = "tailguard";
@@ -272,7 +272,7 @@ async fn self_managed_certificates() {
     let ensured = ensure_secret(&store, &names).await.expect("ensure");
     let theirs = store.wrote().expect("the interloper wrote first");
     assert_eq!(ensured.lost_races, 1);
-    assert_eq!(ensured.decision, Decision::Reused);
+    assert_eq!(ensured.action, SecretAction::Reused);
     assert_eq!(ensured.certs, theirs, "the loser uses the winner's CA and certificate");
     assert_eq!(certs_of(&secrets.get("race-create").await.expect("Secret")), theirs);
 
@@ -282,7 +282,7 @@ async fn self_managed_certificates() {
     let ensured = ensure_secret(&store, &names).await.expect("ensure");
     let theirs = store.wrote().expect("the interloper renewed first");
     assert_eq!(ensured.lost_races, 1);
-    assert_eq!(ensured.decision, Decision::Reused);
+    assert_eq!(ensured.action, SecretAction::Reused);
     assert_eq!(ensured.certs, theirs);
     assert_eq!(certs_of(&secrets.get("race-create").await.expect("Secret")), theirs);
 
@@ -296,9 +296,9 @@ async fn self_managed_certificates() {
         let (r1, r2) = tokio::join!(ensure_secret(&s1, &names), ensure_secret(&s2, &names));
         let (r1, r2) = (r1.expect("first"), r2.expect("second"));
         assert_eq!(r1.certs.ca, r2.certs.ca, "round {round}");
-        let decisions = [r1.decision, r2.decision];
+        let decisions = [r1.action, r2.action];
         assert_eq!(
-            decisions.iter().filter(|d| **d == Decision::Created).count(),
+            decisions.iter().filter(|d| **d == SecretAction::Created).count(),
             1,
             "round {round}: {decisions:?}"
         );
@@ -577,8 +577,12 @@ impl SecretStore for Interloper {
         self.inner.replace(secret).await
     }
 
-    fn describe(&self) -> String {
-        self.inner.describe()
+    fn namespace(&self) -> &str {
+        self.inner.namespace()
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use crate::config::{Config, ENFORCEMENT_ANNOTATION, Enforcement};
 use crate::inject::{self, Decision, OptIn};
 use crate::rules::{self, Finding, NamespaceFacts, RuleId, Severity};
-use crate::workload::{Meta, Workload, WorkloadKind};
+use crate::workload::{Meta, Workload, WorkloadError, WorkloadKind};
 
 mod existing;
 mod respond;
@@ -237,8 +237,19 @@ fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Box<Verdict>
     }
 }
 
-fn decode_object(kind: WorkloadKind, object: &RawValue, request: &RequestIn<'_>) -> Result<Workload, String> {
-    let o = serde_json::from_str::<ObjectIn<'_>>(object.get()).map_err(|e| e.to_string())?;
+/// Why an object the apiserver accepted could not be read by tailguard.
+#[derive(Debug, thiserror::Error)]
+enum DecodeError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0} has no spec")]
+    NoSpec(WorkloadKind),
+    #[error(transparent)]
+    Spec(#[from] WorkloadError),
+}
+
+fn decode_object(kind: WorkloadKind, object: &RawValue, request: &RequestIn<'_>) -> Result<Workload, DecodeError> {
+    let o = serde_json::from_str::<ObjectIn<'_>>(object.get())?;
     let mut meta = o.metadata.unwrap_or_default();
     // On create the object may not carry its namespace yet; the request does.
     if meta.namespace.as_deref().is_none_or(str::is_empty) {
@@ -247,9 +258,9 @@ fn decode_object(kind: WorkloadKind, object: &RawValue, request: &RequestIn<'_>)
     if meta.name.as_deref().is_none_or(str::is_empty) {
         meta.name.clone_from(&request.name);
     }
-    let spec = o.spec.ok_or_else(|| format!("{kind} has no spec"))?;
+    let spec = o.spec.ok_or(DecodeError::NoSpec(kind))?;
     let mut de = serde_json::Deserializer::from_str(spec.get());
-    Workload::decode(kind, meta, &mut de).map_err(|e| e.to_string())
+    Ok(Workload::decode(kind, meta, &mut de)?)
 }
 
 fn facts_for(workload: &Workload, namespaces: &dyn NamespaceSource) -> NamespaceFacts {

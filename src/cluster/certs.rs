@@ -16,12 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use kube::api::{ObjectMeta, PostParams};
 
+use super::ca_bundle::{Bundle, sync_ca_bundle};
 use crate::certs::{self, SecretCerts, SecretData, SecretPlan};
 
 /// Field manager name of tailguard's writes.
@@ -50,8 +49,13 @@ pub trait SecretStore: Sync {
     fn create(&self, secret: &Secret) -> impl Future<Output = kube::Result<Secret>> + Send;
     /// Replaces the Secret; `secret.metadata.resourceVersion` makes it conditional.
     fn replace(&self, secret: &Secret) -> impl Future<Output = kube::Result<Secret>> + Send;
+    fn namespace(&self) -> &str;
+    fn name(&self) -> &str;
+
     /// `namespace/name`, for logs.
-    fn describe(&self) -> String;
+    fn describe(&self) -> String {
+        format!("{}/{}", self.namespace(), self.name())
+    }
 }
 
 /// A Secret in the cluster, by namespace and name.
@@ -69,10 +73,6 @@ impl KubeSecret {
             namespace: namespace.to_string(),
             name: name.to_string(),
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 
@@ -97,14 +97,18 @@ impl SecretStore for KubeSecret {
         self.api.replace(&self.name, &params, secret).await
     }
 
-    fn describe(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
 /// What a sync did with the Secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub enum SecretAction {
     /// It did not exist: this replica generated a CA and created it.
     Created,
     /// It was good as it was.
@@ -117,14 +121,14 @@ pub enum Decision {
     NewCa,
 }
 
-impl Decision {
+impl SecretAction {
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Created => "created",
-            Decision::Reused => "reused",
-            Decision::Reissued => "reissued",
-            Decision::Renewed => "renewed",
-            Decision::NewCa => "new-ca",
+            SecretAction::Created => "created",
+            SecretAction::Reused => "reused",
+            SecretAction::Reissued => "reissued",
+            SecretAction::Renewed => "renewed",
+            SecretAction::NewCa => "new-ca",
         }
     }
 }
@@ -135,7 +139,7 @@ pub struct Ensured {
     /// What the Secret holds now.
     pub certs: SecretCerts,
     /// What this replica did last (after a lost race: usually `Reused`).
-    pub decision: Decision,
+    pub action: SecretAction,
     /// How many writes lost a race to another writer (AlreadyExists or Conflict).
     pub lost_races: usize,
 }
@@ -160,20 +164,20 @@ pub async fn ensure_secret<S: SecretStore>(store: &S, names: &[String]) -> anyho
                 tracing::debug!(secret = %target, decision = "reused", "certificate Secret is good as it is");
                 return Ok(Ensured {
                     certs,
-                    decision: Decision::Reused,
+                    action: SecretAction::Reused,
                     lost_races,
                 });
             }
-            (SecretPlan::Create, _) => (Decision::Created, store.create(&new_secret(store, &certs)).await),
+            (SecretPlan::Create, _) => (SecretAction::Created, store.create(&new_secret(store, &certs)).await),
             (_, None) => anyhow::bail!("internal error: a plan to update a Secret that does not exist"),
             (plan, Some(mut secret)) => {
                 let decision = match plan {
-                    SecretPlan::NewCa { .. } => Decision::NewCa,
+                    SecretPlan::NewCa { .. } => SecretAction::NewCa,
                     SecretPlan::Reissue {
                         reason: certs::Reissue::Expiring { .. },
                         ..
-                    } => Decision::Renewed,
-                    _ => Decision::Reissued,
+                    } => SecretAction::Renewed,
+                    _ => SecretAction::Reissued,
                 };
                 let data = secret.data.get_or_insert_with(BTreeMap::new);
                 for (key, value) in certs.to_data() {
@@ -187,7 +191,7 @@ pub async fn ensure_secret<S: SecretStore>(store: &S, names: &[String]) -> anyho
                 log_decision(&target, decision, &plan, &certs);
                 return Ok(Ensured {
                     certs,
-                    decision,
+                    action: decision,
                     lost_races,
                 });
             }
@@ -203,7 +207,7 @@ pub async fn ensure_secret<S: SecretStore>(store: &S, names: &[String]) -> anyho
             }
             Err(e) => {
                 let doing = match decision {
-                    Decision::Created => "create",
+                    SecretAction::Created => "create",
                     _ => "update",
                 };
                 return Err(concise(e, &format!("cannot {doing} Secret {target}")));
@@ -215,7 +219,7 @@ pub async fn ensure_secret<S: SecretStore>(store: &S, names: &[String]) -> anyho
 
 /// A kube error as one readable line: the apiserver's message and code (not
 /// the whole Status), with what RBAC is missing when it is Forbidden.
-fn concise(error: kube::Error, doing: &str) -> anyhow::Error {
+pub(super) fn concise(error: kube::Error, doing: &str) -> anyhow::Error {
     match error {
         kube::Error::Api(status) => {
             let hint = if status.is_forbidden() {
@@ -230,7 +234,7 @@ fn concise(error: kube::Error, doing: &str) -> anyhow::Error {
     }
 }
 
-fn log_decision(target: &str, decision: Decision, plan: &SecretPlan, written: &SecretCerts) {
+fn log_decision(target: &str, decision: SecretAction, plan: &SecretPlan, written: &SecretCerts) {
     let expires = |pem: &str| {
         certs::first_cert(pem.as_bytes())
             .and_then(|der| certs::CertInfo::parse(&der))
@@ -240,20 +244,20 @@ fn log_decision(target: &str, decision: Decision, plan: &SecretPlan, written: &S
     let (ca_not_after, not_after) = (expires(&written.ca.cert_pem), expires(&written.serving.cert_pem));
     let reason = plan.reason();
     match decision {
-        Decision::Created => tracing::info!(
+        SecretAction::Created => tracing::info!(
             secret = %target, decision = decision.as_str(), ca_not_after, not_after,
             "created the certificate Secret with a new CA and serving certificate"
         ),
-        Decision::Reused => {}
-        Decision::Reissued => tracing::info!(
+        SecretAction::Reused => {}
+        SecretAction::Reissued => tracing::info!(
             secret = %target, decision = decision.as_str(), %reason, not_after,
             "issued a new serving certificate from the existing CA (caBundle unchanged)"
         ),
-        Decision::Renewed => tracing::info!(
+        SecretAction::Renewed => tracing::info!(
             secret = %target, decision = decision.as_str(), %reason, not_after,
             "renewed the serving certificate from the existing CA (caBundle unchanged)"
         ),
-        Decision::NewCa => tracing::warn!(
+        SecretAction::NewCa => tracing::warn!(
             secret = %target, decision = decision.as_str(), %reason, ca_not_after, not_after,
             "generated a new CA (the previous one stays in the caBundle while it is valid)"
         ),
@@ -271,12 +275,10 @@ pub fn secret_data(secret: &Secret) -> SecretData {
 }
 
 fn new_secret<S: SecretStore>(store: &S, certs: &SecretCerts) -> Secret {
-    let describe = store.describe();
-    let (namespace, name) = describe.split_once('/').unwrap_or(("", &describe));
     Secret {
         metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+            name: Some(store.name().to_string()),
+            namespace: Some(store.namespace().to_string()),
             labels: Some([("app.kubernetes.io/managed-by".to_string(), "tailguard".to_string())].into()),
             annotations: Some(
                 [(
@@ -291,97 +293,6 @@ fn new_secret<S: SecretStore>(store: &S, certs: &SecretCerts) -> Secret {
         data: Some(certs.to_data().into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
         ..Secret::default()
     }
-}
-
-// --- caBundle of the webhook configurations ---
-
-/// A strategic merge patch that sets `caBundle` (base64) on every webhook of a
-/// configuration whose value differs, conditional on `resource_version`; `None`
-/// when every webhook already has it. `webhooks` is the configuration's
-/// `webhooks` array (merged by `name`).
-pub fn ca_bundle_patch(webhooks: &Value, resource_version: Option<&str>, ca_bundle: &str) -> Option<Value> {
-    let entries: Vec<Value> = webhooks
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|webhook| webhook.pointer("/clientConfig/caBundle").and_then(Value::as_str) != Some(ca_bundle))
-        .filter_map(|webhook| webhook.get("name").and_then(Value::as_str))
-        .map(|name| json!({"name": name, "clientConfig": {"caBundle": ca_bundle}}))
-        .collect();
-    if entries.is_empty() {
-        return None;
-    }
-    let mut patch = json!({"webhooks": entries});
-    if let Some(rv) = resource_version {
-        patch["metadata"] = json!({"resourceVersion": rv});
-    }
-    Some(patch)
-}
-
-/// What [`set_ca_bundle`] found for one name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BundleState {
-    /// Patched these kinds (`webhooks` entries changed in total).
-    Patched { kinds: Vec<&'static str>, webhooks: usize },
-    /// Every webhook already had the CA.
-    UpToDate,
-    /// Neither a Validating nor a MutatingWebhookConfiguration of that name exists.
-    NotFound,
-}
-
-/// Sets the caBundle of the Validating and the MutatingWebhookConfiguration
-/// named `name` (whichever exist) to `ca_pem`.
-pub async fn set_ca_bundle(client: &kube::Client, name: &str, ca_pem: &str) -> anyhow::Result<BundleState> {
-    let bundle = certs::ca_bundle(ca_pem);
-    let kinds = [
-        (
-            "ValidatingWebhookConfiguration",
-            ApiResource::erase::<ValidatingWebhookConfiguration>(&()),
-        ),
-        (
-            "MutatingWebhookConfiguration",
-            ApiResource::erase::<MutatingWebhookConfiguration>(&()),
-        ),
-    ];
-    let mut found = false;
-    let mut patched = Vec::new();
-    let mut entries = 0;
-    for (kind, resource) in kinds {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let Some(object) = api
-            .get_opt(name)
-            .await
-            .map_err(|e| concise(e, &format!("cannot read {kind} {name}")))?
-        else {
-            continue;
-        };
-        found = true;
-        let webhooks = object.data.get("webhooks").cloned().unwrap_or(Value::Null);
-        let Some(patch) = ca_bundle_patch(&webhooks, object.metadata.resource_version.as_deref(), &bundle) else {
-            continue;
-        };
-        let count = patch["webhooks"].as_array().map_or(0, Vec::len);
-        api.patch(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Strategic(patch),
-        )
-        .await
-        .map_err(|e| concise(e, &format!("cannot patch the caBundle of {kind} {name}")))?;
-        patched.push(kind);
-        entries += count;
-    }
-    Ok(match (found, patched.is_empty()) {
-        (false, _) => BundleState::NotFound,
-        (true, true) => BundleState::UpToDate,
-        (true, false) => BundleState::Patched {
-            kinds: patched,
-            webhooks: entries,
-        },
-    })
 }
 
 // --- the loop ---
@@ -401,7 +312,7 @@ pub async fn run(
     let mut ready = false;
     let mut backoff = Duration::from_millis(250);
     // Last logged state per webhook configuration name, to log changes only.
-    let mut bundle_states: BTreeMap<String, String> = BTreeMap::new();
+    let mut bundle_states: BTreeMap<String, Bundle> = BTreeMap::new();
     loop {
         let wait = match ensure_secret(&store, &config.names).await {
             Ok(ensured) => match install(&ensured.certs) {
@@ -410,47 +321,17 @@ pub async fn run(
                         ready = true;
                         tracing::info!(
                             secret = %store.describe(),
-                            decision = ensured.decision.as_str(),
+                            decision = ensured.action.as_str(),
                             lost_races = ensured.lost_races,
                             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                             "self-managed certificates in place"
                         );
                     }
                     for name in &config.webhooks {
-                        let state = match set_ca_bundle(&client, name, &ensured.certs.ca.cert_pem).await {
-                            Ok(BundleState::Patched { kinds, webhooks }) => {
-                                tracing::info!(
-                                    webhook_configuration = %name,
-                                    kinds = kinds.join(","),
-                                    webhooks,
-                                    "set the caBundle of the webhook configuration"
-                                );
-                                "ok".to_string()
-                            }
-                            Ok(BundleState::UpToDate) => "ok".to_string(),
-                            Ok(BundleState::NotFound) => {
-                                if bundle_states.get(name).map(String::as_str) != Some("missing") {
-                                    tracing::warn!(
-                                        webhook_configuration = %name,
-                                        retry_in = ?config.interval,
-                                        "no Validating or MutatingWebhookConfiguration of this name yet; will retry"
-                                    );
-                                }
-                                "missing".to_string()
-                            }
-                            Err(e) => {
-                                let message = format!("{e:#}");
-                                if bundle_states.get(name) != Some(&message) {
-                                    tracing::warn!(
-                                        webhook_configuration = %name,
-                                        error = %message,
-                                        retry_in = ?config.interval,
-                                        "cannot set the caBundle; will retry"
-                                    );
-                                }
-                                message
-                            }
-                        };
+                        let state = sync_ca_bundle(&client, name, &ensured.certs.ca.cert_pem).await;
+                        if bundle_states.get(name) != Some(&state) {
+                            state.log(name, config.interval);
+                        }
                         bundle_states.insert(name.clone(), state);
                     }
                     backoff = Duration::from_millis(250);
@@ -489,30 +370,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ca_bundle_patch_sets_only_what_differs() {
-        let webhooks = json!([
-            {"name": "a.tailguard.io", "clientConfig": {"url": "https://x"}},
-            {"name": "b.tailguard.io", "clientConfig": {"caBundle": "QUJD"}},
-            {"name": "c.tailguard.io", "clientConfig": {"caBundle": "old"}},
-        ]);
-        let patch = ca_bundle_patch(&webhooks, Some("42"), "QUJD").unwrap();
-        assert_eq!(
-            patch,
-            json!({
-                "metadata": {"resourceVersion": "42"},
-                "webhooks": [
-                    {"name": "a.tailguard.io", "clientConfig": {"caBundle": "QUJD"}},
-                    {"name": "c.tailguard.io", "clientConfig": {"caBundle": "QUJD"}},
-                ]
-            })
-        );
-        let done = json!([{"name": "a", "clientConfig": {"caBundle": "QUJD"}}]);
-        assert_eq!(ca_bundle_patch(&done, Some("1"), "QUJD"), None);
-        assert_eq!(ca_bundle_patch(&Value::Null, None, "QUJD"), None);
-        assert_eq!(ca_bundle_patch(&json!([]), None, "QUJD"), None);
-    }
-
-    #[test]
     fn backoff_doubles_up_to_the_interval() {
         let mut b = Duration::from_millis(250);
         let waits: Vec<u128> = (0..6)
@@ -534,8 +391,11 @@ mod tests {
             async fn replace(&self, s: &Secret) -> kube::Result<Secret> {
                 Ok(s.clone())
             }
-            fn describe(&self) -> String {
-                "tailguard/tg-certs".into()
+            fn namespace(&self) -> &str {
+                "tailguard"
+            }
+            fn name(&self) -> &str {
+                "tg-certs"
             }
         }
         let certs = certs::carry_out(&SecretPlan::Create, &["tailguard".to_string()]).unwrap();

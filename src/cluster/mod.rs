@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 pub mod audit;
+pub mod ca_bundle;
 pub mod certs;
 pub mod namespaces;
 

@@ -133,7 +133,7 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
     }
     let settings = match settings::resolve(config, namespace, ns, &meta.annotations, &name) {
         Ok(s) => s,
-        Err(e) => return Decision::Deny(e),
+        Err(e) => return Decision::Deny(e.to_string()),
     };
     if settings.mode == Mode::Tun
         && let Some(level @ (PsaLevel::Baseline | PsaLevel::Restricted)) = enforced_level(namespace)

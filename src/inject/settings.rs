@@ -41,14 +41,26 @@ struct Source<'a> {
     who: String,
 }
 
-/// Resolves and validates the settings. `Err` is a denial message.
+/// A `tailguard.io/*` annotation tailguard cannot honour: the pod is refused
+/// with this, rather than injected with settings it did not ask for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {key}=\"{value}\" on {who}: {why}")]
+pub struct BadAnnotation {
+    pub key: &'static str,
+    pub value: String,
+    /// `pod NAME` or `namespace NAME`.
+    pub who: String,
+    pub why: String,
+}
+
+/// Resolves and validates the settings.
 pub fn resolve(
     config: &Config,
     namespace: &NamespaceFacts,
     namespace_name: &str,
     pod_annotations: &BTreeMap<String, String>,
     pod_name: &str,
-) -> Result<Settings, String> {
+) -> Result<Settings, BadAnnotation> {
     let empty = BTreeMap::new();
     let ns_annotations = match namespace {
         NamespaceFacts::Known(ns) => ns.metadata.annotations.as_ref().unwrap_or(&empty),
@@ -70,7 +82,12 @@ pub fn resolve(
             .iter()
             .find_map(|s| s.annotations.get(key).map(|v| (v.trim(), s.who.as_str())))
     };
-    let bad = |key: &str, value: &str, who: &str, why: &str| format!("annotation {key}=\"{value}\" on {who}: {why}");
+    let bad = |key: &'static str, value: &str, who: &str, why: &str| BadAnnotation {
+        key,
+        value: value.to_owned(),
+        who: who.to_owned(),
+        why: why.to_owned(),
+    };
     let d = &config.injection;
 
     let image = match lookup(IMAGE) {
