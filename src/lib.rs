@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod expansion;
+pub mod image;
 pub mod inject;
 pub mod manifest;
 pub mod mode;

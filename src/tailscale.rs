@@ -209,7 +209,7 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
 
 /// `(major, minor)` of a `vX.Y[.Z]` (or `X.Y.Z`) image tag.
 pub fn image_version(image: &str) -> Option<(u32, u32)> {
-    let tag = crate::config::image_tag(image)?;
+    let tag = crate::image::image_tag(image)?;
     let mut parts = tag.strip_prefix('v').unwrap_or(tag).split(['.', '-']);
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;

@@ -249,7 +249,8 @@ pub struct AuditState {
 }
 
 impl AuditState {
-    fn publish(&self, report: &AuditReport, seconds: f64, reports_written: Option<Result<usize, String>>) {
+    /// Replaces the gauges with what `report` found (also called by the metrics tests).
+    pub(crate) fn publish(&self, report: &AuditReport, seconds: f64, reports_written: Option<Result<usize, String>>) {
         let counts: BTreeMap<ViolationLabels, u64> = report
             .counts()
             .into_iter()
@@ -385,83 +386,5 @@ pub async fn run_periodically(
         );
         state.publish(&report, started.elapsed().as_secs_f64(), written);
         tokio::time::sleep(interval).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::Audited;
-    use crate::rules::{Finding, RuleId};
-    use crate::server::Metrics;
-
-    fn finding(namespace: &str, kind: &str, name: &str, rule: RuleId) -> Audited {
-        Audited {
-            object: format!("{kind}/{namespace}/{name}"),
-            target: ObjectRef {
-                api_version: "apps/v1".into(),
-                kind: kind.into(),
-                namespace: namespace.into(),
-                name: name.into(),
-                uid: String::new(),
-            },
-            finding: Finding {
-                rule,
-                severity: Severity::Deny,
-                path: String::new(),
-                message: String::new(),
-                hint: String::new(),
-            },
-        }
-    }
-
-    #[test]
-    fn audit_gauges_join_the_registry_and_drop_fixed_workloads() {
-        let metrics = Metrics::new(&["validate"]);
-        let state = Arc::new(AuditState::default());
-        metrics.attach_audit(state.clone());
-        assert!(
-            !metrics.render().contains("tailguard_audit"),
-            "nothing before the first run"
-        );
-
-        let rule = RuleId::ALL[0];
-        let series = |ns: &str| {
-            format!(
-                "tailguard_audit_violations{{rule=\"{}\",namespace=\"{ns}\",kind=\"DaemonSet\",severity=\"deny\"}}",
-                rule.name()
-            )
-        };
-        let mut report = AuditReport {
-            findings: vec![
-                finding("legacy", "DaemonSet", "a", rule),
-                finding("legacy", "DaemonSet", "b", rule),
-                finding("other", "DaemonSet", "c", rule),
-            ],
-            tailscale_objects: 4,
-            errors: vec!["cannot list pods".into()],
-            ..AuditReport::default()
-        };
-        state.publish(&report, 0.25, None);
-        let text = metrics.render();
-        assert!(text.contains(&format!("{} 2\n", series("legacy"))), "{text}");
-        assert!(text.contains(&format!("{} 1\n", series("other"))), "{text}");
-        assert!(text.contains("\ntailguard_audit_objects 4\n"), "{text}");
-        assert!(text.contains("\ntailguard_audit_errors 1\n"), "{text}");
-        assert!(text.contains("\ntailguard_audit_duration_seconds 0.25\n"), "{text}");
-        assert!(text.contains("\ntailguard_audit_last_run_timestamp_seconds "), "{text}");
-        assert!(!text.contains("tailguard_audit_policy_reports_ok"), "{text}");
-        assert!(text.ends_with("# EOF\n"));
-
-        // `legacy` fixed: its series goes, `other` keeps its own.
-        report.findings.retain(|f| f.target.namespace == "other");
-        report.errors.clear();
-        state.publish(&report, 0.5, Some(Err("forbidden".into())));
-        let text = metrics.render();
-        assert!(!text.contains("namespace=\"legacy\""), "{text}");
-        assert!(text.contains(&format!("{} 1\n", series("other"))), "{text}");
-        assert!(text.contains("\ntailguard_audit_errors 0\n"), "{text}");
-        assert!(text.contains("\ntailguard_audit_policy_reports_ok 0\n"), "{text}");
-        assert_eq!(text.matches("# TYPE tailguard_audit_violations gauge\n").count(), 1);
     }
 }

@@ -3,7 +3,8 @@
 //! Messages never repeat a key's value.
 
 use super::{Context, Findings, RuleId};
-use crate::config::{DEFAULT_IMAGES, image_repository};
+use crate::config::DEFAULT_IMAGES;
+use crate::image::image_repository;
 use crate::tailscale::{EnvValue, TailscaleContainer};
 
 const SECRET_VARS: &[&str] = &["TS_AUTHKEY", "TS_AUTH_KEY", "TS_CLIENT_SECRET"];

@@ -1,7 +1,7 @@
 //! Hygiene warnings: `image-tag` and `resources`.
 
 use super::{Context, Findings, RuleId};
-use crate::config::image_tag;
+use crate::image::image_tag;
 
 pub fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
     for tc in &cx.containers {

@@ -9,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::variables::shell_name;
 use super::{Context, Findings, RuleId};
-use crate::config::{DEFAULT_IMAGES, image_repository};
+use crate::config::DEFAULT_IMAGES;
+use crate::image::image_repository;
 use crate::tailscale::{DEFAULT_HEALTH_PORT, Setting, TailscaleContainer};
 
 const HEALTHZ_FORM: &str = "set TS_ENABLE_HEALTH_CHECK=\"true\" and probe it with httpGet {path: /healthz, port: 9002}";

@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::process::*;
 use super::*;
+use crate::audit::{AuditReport, Audited, ObjectRef};
+use crate::cluster::audit::AuditState;
 
 /// One sample line: `name{label="value",...} value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -401,4 +403,76 @@ fn proc_parsers() {
     assert_eq!(auxv_value(&auxv, AT_PAGESZ), Some(16384));
     assert_eq!(auxv_value(&auxv, AT_CLKTCK), Some(250));
     assert_eq!(auxv_value(&auxv, 99), None);
+}
+
+// --- the background audit's gauges (cluster::audit::AuditState) ---
+
+fn audited(namespace: &str, kind: &str, name: &str, rule: RuleId) -> Audited {
+    Audited {
+        object: format!("{kind}/{namespace}/{name}"),
+        target: ObjectRef {
+            api_version: "apps/v1".into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: String::new(),
+        },
+        finding: Finding {
+            rule,
+            severity: Severity::Deny,
+            path: String::new(),
+            message: String::new(),
+            hint: String::new(),
+        },
+    }
+}
+
+#[test]
+fn audit_gauges_join_the_registry_and_drop_fixed_workloads() {
+    let metrics = Metrics::new(&["validate"]);
+    let state = Arc::new(AuditState::default());
+    metrics.attach_audit(state.clone());
+    assert!(
+        !metrics.render().contains("tailguard_audit"),
+        "nothing before the first run"
+    );
+
+    let rule = RuleId::ALL[0];
+    let series = |ns: &str| {
+        format!(
+            "tailguard_audit_violations{{rule=\"{}\",namespace=\"{ns}\",kind=\"DaemonSet\",severity=\"deny\"}}",
+            rule.name()
+        )
+    };
+    let mut report = AuditReport {
+        findings: vec![
+            audited("legacy", "DaemonSet", "a", rule),
+            audited("legacy", "DaemonSet", "b", rule),
+            audited("other", "DaemonSet", "c", rule),
+        ],
+        tailscale_objects: 4,
+        errors: vec!["cannot list pods".into()],
+        ..AuditReport::default()
+    };
+    state.publish(&report, 0.25, None);
+    let text = metrics.render();
+    assert!(text.contains(&format!("{} 2\n", series("legacy"))), "{text}");
+    assert!(text.contains(&format!("{} 1\n", series("other"))), "{text}");
+    assert!(text.contains("\ntailguard_audit_objects 4\n"), "{text}");
+    assert!(text.contains("\ntailguard_audit_errors 1\n"), "{text}");
+    assert!(text.contains("\ntailguard_audit_duration_seconds 0.25\n"), "{text}");
+    assert!(text.contains("\ntailguard_audit_last_run_timestamp_seconds "), "{text}");
+    assert!(!text.contains("tailguard_audit_policy_reports_ok"), "{text}");
+    assert!(text.ends_with("# EOF\n"));
+
+    // `legacy` fixed: its series goes, `other` keeps its own.
+    report.findings.retain(|f| f.target.namespace == "other");
+    report.errors.clear();
+    state.publish(&report, 0.5, Some(Err("forbidden".into())));
+    let text = metrics.render();
+    assert!(!text.contains("namespace=\"legacy\""), "{text}");
+    assert!(text.contains(&format!("{} 1\n", series("other"))), "{text}");
+    assert!(text.contains("\ntailguard_audit_errors 0\n"), "{text}");
+    assert!(text.contains("\ntailguard_audit_policy_reports_ok 0\n"), "{text}");
+    assert_eq!(text.matches("# TYPE tailguard_audit_violations gauge\n").count(), 1);
 }
