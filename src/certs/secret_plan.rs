@@ -396,23 +396,25 @@ mod tests {
         }
     }
 
+    /// A new CA that keeps neither the old CA's trust nor the serving pair.
+    fn keeps_nothing(plan: &SecretPlan) -> bool {
+        matches!(
+            plan,
+            SecretPlan::NewCa {
+                keep_trusting: None,
+                serving: None,
+                ..
+            }
+        )
+    }
+
     #[test]
     fn plan_replaces_an_unusable_ca() {
         let certs = fresh();
         let now = SystemTime::now();
         // An existing but empty Secret: a new CA through an update (a create would conflict).
         let plan = plan_secret(Some(&SecretData::new()), &wanted(), now);
-        assert!(
-            matches!(
-                &plan,
-                SecretPlan::NewCa {
-                    keep_trusting: None,
-                    serving: None,
-                    ..
-                }
-            ),
-            "{plan:?}"
-        );
+        assert!(keeps_nothing(&plan), "{plan:?}");
         // No CA key: a new CA; the old certificate is still trusted, the serving pair kept.
         let mut no_key = certs.to_data();
         no_key.remove(CA_KEY_FILE);
@@ -460,17 +462,7 @@ mod tests {
         );
         // Expired: nothing of it is kept.
         let plan = plan_secret(Some(&d), &wanted(), now + HOUR);
-        assert!(
-            matches!(
-                &plan,
-                SecretPlan::NewCa {
-                    keep_trusting: None,
-                    serving: None,
-                    ..
-                }
-            ),
-            "{plan:?}"
-        );
+        assert!(keeps_nothing(&plan), "{plan:?}");
         let fresh = carry_out(&plan, &wanted()).unwrap();
         assert_eq!(first_cert(fresh.ca.cert_pem.as_bytes()).unwrap(), {
             let only: Vec<_> = CertificateDer::pem_slice_iter(fresh.ca.cert_pem.as_bytes()).collect();
