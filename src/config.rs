@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::catalog::{Level, RuleId};
 use crate::image::{NamePattern, image_repository};
+use crate::memo::Memo;
 use crate::mode::Mode;
 
 /// Images recognised as Tailscale when the config names none. Registry hosts
@@ -79,6 +80,8 @@ pub struct Config {
     pub runtime: ContainerRuntime,
     /// What the webhook does with deny findings, unless the namespace says otherwise.
     pub enforcement: Enforcement,
+    /// What reviews compute from this config alone (the rendered sidecar).
+    pub memo: Memo,
 }
 
 /// What `/validate` does with a rule's deny finding, so a policy can be rolled
@@ -256,6 +259,7 @@ impl Default for Config {
             injection: InjectionConfig::default(),
             runtime: ContainerRuntime::Unknown,
             enforcement: Enforcement::Deny,
+            memo: Memo::default(),
         }
     }
 }

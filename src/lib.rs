@@ -17,6 +17,7 @@ pub mod expansion;
 pub mod image;
 pub mod inject;
 pub mod manifest;
+pub mod memo;
 pub mod mode;
 pub mod namespace;
 pub mod policy;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, Volume};
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, InjectionConfig};
 use crate::rules::NamespaceFacts;
 use crate::rules::pod_security::{PsaLevel, enforced_level};
 use crate::workload::{Workload, WorkloadKind};
@@ -21,7 +21,7 @@ pub use sidecar::{ROUTES_NAME, proxy_env, sidecar};
 use sidecar::{cluster_cidrs, routes_container};
 
 use patch::PatchBuilder;
-use settings::Mode;
+use settings::{Mode, Settings};
 
 /// Namespace label (`enabled`) and pod label (`true`/`false`) that opt in or out.
 pub const INJECT_LABEL: &str = "tailguard.io/inject";
@@ -143,37 +143,39 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
     // but the pod's own subnet to the exit node (--exit-node-allow-lan-access
     // keeps only directly connected subnets), cluster DNS and Services
     // included. The routes init container keeps the cluster's CIDRs local.
-    let routes = match (settings.mode, settings.exit_node) {
-        (Mode::Tun, Some(exit)) => {
-            let cidrs = cluster_cidrs(&inj.no_proxy);
-            if cidrs.is_empty() {
-                return Decision::Deny(format!(
-                    "tailguard.io/mode=tun with exit node {exit}: in kernel mode tailscaled routes everything except the pod's own subnet to the exit node (--exit-node-allow-lan-access keeps only directly connected subnets local), so cluster DNS and Services would be sent to the exit node and time out. tailguard keeps the cluster's CIDRs local with ip rules, but injection.noProxy in its config lists none: add the cluster's pod and service CIDRs there (e.g. 10.244.0.0/16, 10.96.0.0/12), or use tailguard.io/mode=userspace"
-                ));
-            }
-            Some(routes_container(&settings, config, &cidrs))
-        }
-        _ => None,
-    };
-    let sidecar = sidecar(&settings, config);
-    let app_env = proxy_env(&settings, config);
-    let hash = spec_hash(&sidecar, &app_env);
-    let sidecar = serde_json::to_value(&sidecar).unwrap_or(Value::Null);
+    if let (Mode::Tun, Some(exit)) = (settings.mode, settings.exit_node)
+        && cluster_cidrs(&inj.no_proxy).is_empty()
+    {
+        return Decision::Deny(format!(
+            "tailguard.io/mode=tun with exit node {exit}: in kernel mode tailscaled routes everything except the pod's own subnet to the exit node (--exit-node-allow-lan-access keeps only directly connected subnets local), so cluster DNS and Services would be sent to the exit node and time out. tailguard keeps the cluster's CIDRs local with ip rules, but injection.noProxy in its config lists none: add the cluster's pod and service CIDRs there (e.g. 10.244.0.0/16, 10.96.0.0/12), or use tailguard.io/mode=userspace"
+        ));
+    }
+    // The same settings under the same config render the same containers:
+    // rendered once, then shared by every pod that asks for them.
+    let entry = config.memo.get(
+        |(s, i): &(Settings, InjectionConfig)| *s == settings && i == inj,
+        || {
+            let rendered = Rendered::new(&settings, config);
+            ((settings.clone(), inj.clone()), rendered)
+        },
+    );
+    let r = &entry.1;
 
     let mut p = PatchBuilder::new(template_prefix(workload.kind));
     p.set_key(
         &["metadata", "annotations"],
         !meta.annotations.is_empty(),
         INJECTED_ANNOTATION,
-        Value::String(hash),
+        Value::String(r.hash.clone()),
     );
     for (i, c) in pod.containers.iter().enumerate() {
         let existing = c.env.as_deref().unwrap_or_default();
-        let missing: Vec<Value> = app_env
+        let missing: Vec<Value> = r
+            .app_env
             .iter()
             // A variable the app already sets (in either case) stays the app's.
-            .filter(|v| !existing.iter().any(|e| e.name.eq_ignore_ascii_case(&v.name)))
-            .filter_map(|v| serde_json::to_value(v).ok())
+            .filter(|(name, _)| !existing.iter().any(|e| e.name.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v.clone())
             .collect();
         if !missing.is_empty() {
             let index = i.to_string();
@@ -182,40 +184,17 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
     }
     let mut has_init = pod.init_containers.as_ref().is_some_and(|v| !v.is_empty());
     if inj.native_sidecar {
-        p.prepend(&["spec", "initContainers"], has_init, sidecar);
+        p.prepend(&["spec", "initContainers"], has_init, r.sidecar.clone());
         has_init = true;
     } else {
-        p.append(&["spec", "containers"], true, vec![sidecar]);
+        p.append(&["spec", "containers"], true, vec![r.sidecar.clone()]);
     }
-    if let Some(routes) = routes {
+    if let Some(routes) = &r.routes {
         // First of all: the rules must exist before tailscaled routes anything.
-        let routes = serde_json::to_value(routes).unwrap_or(Value::Null);
-        p.prepend(&["spec", "initContainers"], has_init, routes);
-    }
-    let mut volumes = vec![Volume {
-        name: RUN_VOLUME.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    }];
-    if settings.mode == Mode::Tun {
-        volumes.push(Volume {
-            name: TUN_VOLUME.into(),
-            host_path: Some(HostPathVolumeSource {
-                path: "/dev/net/tun".into(),
-                type_: Some("CharDevice".into()),
-            }),
-            ..Default::default()
-        });
+        p.prepend(&["spec", "initContainers"], has_init, routes.clone());
     }
     let has_volumes = pod.volumes.as_ref().is_some_and(|v| !v.is_empty());
-    p.append(
-        &["spec", "volumes"],
-        has_volumes,
-        volumes
-            .iter()
-            .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
-            .collect(),
-    );
+    p.append(&["spec", "volumes"], has_volumes, r.volumes.clone());
     let mut summary = format!(
         "injected Tailscale egress sidecar `{SIDECAR_NAME}` ({} mode, auth Secret {}/{}",
         settings.mode.as_str(),
@@ -232,6 +211,60 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
     }
 }
 
+/// What injection renders from the settings and the config alone, as JSON.
+struct Rendered {
+    sidecar: Value,
+    /// The proxy variables for the app containers: (name, EnvVar as JSON).
+    app_env: Vec<(String, Value)>,
+    /// Recorded in [`INJECTED_ANNOTATION`].
+    hash: String,
+    /// The `tailguard-routes` init container (tun mode with an exit node).
+    routes: Option<Value>,
+    volumes: Vec<Value>,
+}
+
+impl Rendered {
+    fn new(settings: &Settings, config: &Config) -> Rendered {
+        let sidecar = sidecar(settings, config);
+        let app_env = proxy_env(settings, config);
+        let hash = spec_hash(&sidecar, &app_env);
+        let routes = match (settings.mode, settings.exit_node) {
+            (Mode::Tun, Some(_)) => {
+                let cidrs = cluster_cidrs(&config.injection.no_proxy);
+                (!cidrs.is_empty()).then(|| to_json(&routes_container(settings, config, &cidrs)))
+            }
+            _ => None,
+        };
+        let mut volumes = vec![Volume {
+            name: RUN_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }];
+        if settings.mode == Mode::Tun {
+            volumes.push(Volume {
+                name: TUN_VOLUME.into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: "/dev/net/tun".into(),
+                    type_: Some("CharDevice".into()),
+                }),
+                ..Default::default()
+            });
+        }
+        Rendered {
+            sidecar: to_json(&sidecar),
+            app_env: app_env.iter().map(|v| (v.name.clone(), to_json(v))).collect(),
+            hash,
+            routes,
+            volumes: volumes.iter().map(to_json).collect(),
+        }
+    }
+}
+
+/// Kubernetes types always serialize; `Null` is unreachable.
+fn to_json(v: &impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
 /// A stable short hash of what was injected (FNV-1a, 64 bits).
 fn spec_hash(sidecar: &Container, app_env: &[EnvVar]) -> String {
     let text = serde_json::to_string(&(sidecar, app_env)).unwrap_or_default();
@@ -241,4 +274,37 @@ fn spec_hash(sidecar: &Container, app_env: &[EnvVar]) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn injected(config: &Config) -> json_patch::Patch {
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "apps", "labels": {"tailguard.io/inject": "true"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+        let workload = Workload::from_value(&pod).expect("pod").expect("a workload");
+        match decide(&workload, &NamespaceFacts::Unknown, config, OptIn::Offline) {
+            Decision::Inject { patch, .. } => patch,
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rendered_sidecars_are_reused_and_follow_config_changes() {
+        let mut config = Config::default();
+        let first = injected(&config);
+        assert_eq!(injected(&config), first);
+        assert_eq!(config.memo.len(), 1, "the same settings render once");
+        // The config changed in place after use: the memo must not answer for it.
+        config.injection.http_proxy_port = 3128;
+        let changed = injected(&config);
+        assert_ne!(changed, first);
+        assert!(
+            serde_json::to_string(&changed)
+                .expect("json")
+                .contains("127.0.0.1:3128")
+        );
+    }
 }
