@@ -2,7 +2,7 @@
 //! deny, so a workload admitted before a rule existed can still be changed.
 
 use super::RequestIn;
-use super::decode_object;
+use super::{decode_object, with_request_names};
 use crate::catalog::{Finding, RuleId, Severity};
 use crate::config::Config;
 use crate::namespace::NamespaceFacts;
@@ -21,7 +21,8 @@ pub(super) fn keep_existing_violations(
 ) {
     let Some(old) = request
         .old_object
-        .and_then(|raw| decode_object(workload.kind, raw, request).ok())
+        .and_then(|raw| decode_object(workload.kind, raw).ok())
+        .map(|old| with_request_names(old, request))
     else {
         return;
     };

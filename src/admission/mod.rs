@@ -7,16 +7,18 @@
 //! parser without being built.
 
 use kube::core::admission::Operation;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{Config, ENFORCEMENT_ANNOTATION, Enforcement};
 use crate::inject::{self, Decision, OptIn};
 use crate::rules::{self, Finding, NamespaceFacts, RuleId, Severity};
-use crate::workload::{Meta, Workload, WorkloadError, WorkloadKind};
+use crate::workload::{Workload, WorkloadError, WorkloadKind};
 
+mod decode;
 mod existing;
 mod respond;
+
+use decode::{ObjectIn, Parse, RequestIn};
 
 pub use respond::denial_message;
 
@@ -136,54 +138,6 @@ pub struct Reviewed {
     pub verdict: Verdict,
 }
 
-// --- request (decode only what is read) ---
-
-#[derive(Deserialize)]
-struct ReviewIn<'a> {
-    #[serde(rename = "apiVersion", default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    /// Decoded after the version check, so a foreign review gets that error.
-    #[serde(borrow, default)]
-    request: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
-    #[serde(default)]
-    uid: String,
-    kind: GroupVersionKind,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    operation: Operation,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
-    /// Read only on UPDATE, to tell new violations from ones already there.
-    #[serde(borrow, default)]
-    old_object: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct GroupVersionKind {
-    #[serde(default)]
-    group: String,
-    kind: String,
-}
-
-#[derive(Deserialize)]
-struct ObjectIn<'a> {
-    #[serde(default)]
-    metadata: Option<Meta>,
-    #[serde(borrow, default)]
-    spec: Option<&'a RawValue>,
-}
-
 /// Answers a `/validate` review.
 pub fn validate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) -> Result<Reviewed, ReviewError> {
     review(body, |request| decide_validate(request, config, namespaces))
@@ -194,19 +148,33 @@ pub fn mutate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) ->
     review(body, |request| decide_mutate(request, config, namespaces))
 }
 
-fn review(body: &[u8], decide: impl FnOnce(&RequestIn<'_>) -> Verdict) -> Result<Reviewed, ReviewError> {
-    let review: ReviewIn<'_> = serde_json::from_slice(body)?;
-    if review.api_version != API_VERSION || review.kind != KIND {
-        return Err(ReviewError::Version {
-            api_version: review.api_version,
-            kind: review.kind,
-        });
+fn review(body: &[u8], decide: impl FnOnce(&mut RequestIn<'_>) -> Verdict) -> Result<Reviewed, ReviewError> {
+    review_parsed(body, Parse::OnePass, decide)
+}
+
+/// The reference reading of a review, for the tests and fuzz targets that
+/// prove the one-pass read equivalent: every part held raw and decoded on its
+/// own, as tailguard always read reviews. Same verdicts, same bytes.
+#[doc(hidden)]
+pub mod reference {
+    use super::*;
+
+    pub fn validate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) -> Result<Reviewed, ReviewError> {
+        review_parsed(body, Parse::Raw, |request| decide_validate(request, config, namespaces))
     }
-    let request: RequestIn<'_> = serde_json::from_str(review.request.ok_or(ReviewError::NoRequest)?.get())?;
-    if request.uid.is_empty() {
-        return Err(ReviewError::NoUid);
+
+    pub fn mutate(body: &[u8], config: &Config, namespaces: &dyn NamespaceSource) -> Result<Reviewed, ReviewError> {
+        review_parsed(body, Parse::Raw, |request| decide_mutate(request, config, namespaces))
     }
-    let verdict = decide(&request);
+}
+
+fn review_parsed(
+    body: &[u8],
+    parse: Parse,
+    decide: impl FnOnce(&mut RequestIn<'_>) -> Verdict,
+) -> Result<Reviewed, ReviewError> {
+    let mut request = decode::request(body, parse)?;
+    let verdict = decide(&mut request);
     Ok(Reviewed {
         body: respond::respond(&verdict),
         verdict,
@@ -214,15 +182,20 @@ fn review(body: &[u8], decide: impl FnOnce(&RequestIn<'_>) -> Verdict) -> Result
 }
 
 /// The workload in a request, if it is one tailguard reads (`Ok(None)` otherwise).
-fn workload_of(request: &RequestIn<'_>) -> Result<Option<Workload>, Box<Verdict>> {
+fn workload_of(request: &mut RequestIn<'_>) -> Result<Option<Workload>, Box<Verdict>> {
     // Only creates and updates of the object itself carry a pod spec to judge.
     let judged = matches!(request.operation, Operation::Create | Operation::Update)
         && request.sub_resource.as_deref().is_none_or(str::is_empty)
-        && matches!(request.kind.group.as_str(), "" | "apps" | "batch");
-    let (Some(kind), Some(object), true) = (WorkloadKind::from_kind(&request.kind.kind), request.object, judged) else {
+        && decode::reads_group(&request.kind.group);
+    let (Some(kind), true) = (WorkloadKind::from_kind(&request.kind.kind), judged) else {
         return Ok(None);
     };
-    match decode_object(kind, object, request) {
+    let decoded = match request.object.take() {
+        None => return Ok(None),
+        Some(ObjectIn::Read(workload)) => Ok(*workload),
+        Some(ObjectIn::Raw(raw)) => decode_object(kind, raw),
+    };
+    match decoded.map(|w| with_request_names(w, request)) {
         Ok(w) => Ok(Some(w)),
         // The apiserver has already validated the object, so this is tailguard's
         // own limit; refuse rather than let an unread object through unchecked.
@@ -248,19 +221,25 @@ enum DecodeError {
     Spec(#[from] WorkloadError),
 }
 
-fn decode_object(kind: WorkloadKind, object: &RawValue, request: &RequestIn<'_>) -> Result<Workload, DecodeError> {
-    let o = serde_json::from_str::<ObjectIn<'_>>(object.get())?;
-    let mut meta = o.metadata.unwrap_or_default();
-    // On create the object may not carry its namespace yet; the request does.
+/// Decodes an object held raw (the old object of an UPDATE; the object when
+/// the one-pass read could not).
+fn decode_object(kind: WorkloadKind, object: &RawValue) -> Result<Workload, DecodeError> {
+    let o = serde_json::from_str::<decode::RawObject<'_>>(object.get())?;
+    let spec = o.spec.ok_or(DecodeError::NoSpec(kind))?;
+    let mut de = serde_json::Deserializer::from_str(spec.get());
+    Ok(Workload::decode(kind, o.metadata.unwrap_or_default(), &mut de)?)
+}
+
+/// On create the object may not carry its namespace or name yet; the request does.
+fn with_request_names(mut workload: Workload, request: &RequestIn<'_>) -> Workload {
+    let meta = &mut workload.meta;
     if meta.namespace.as_deref().is_none_or(str::is_empty) {
         meta.namespace.clone_from(&request.namespace);
     }
     if meta.name.as_deref().is_none_or(str::is_empty) {
         meta.name.clone_from(&request.name);
     }
-    let spec = o.spec.ok_or(DecodeError::NoSpec(kind))?;
-    let mut de = serde_json::Deserializer::from_str(spec.get());
-    Ok(Workload::decode(kind, meta, &mut de)?)
+    workload
 }
 
 fn facts_for(workload: &Workload, namespaces: &dyn NamespaceSource) -> NamespaceFacts {
@@ -270,7 +249,7 @@ fn facts_for(workload: &Workload, namespaces: &dyn NamespaceSource) -> Namespace
     }
 }
 
-fn decide_validate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
+fn decide_validate(request: &mut RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
     let workload = match workload_of(request) {
         Ok(Some(w)) => w,
         Ok(None) => return Verdict::allow(&request.uid, None),
@@ -347,7 +326,7 @@ fn enforcement(config: &Config, facts: &NamespaceFacts, namespace: Option<&str>)
 /// finding to roll out gradually but a pod that asked for a sidecar tailguard
 /// cannot build as asked (an invalid annotation, a namespace not readable yet).
 /// Admitting it would start the pod without the egress it depends on.
-fn decide_mutate(request: &RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
+fn decide_mutate(request: &mut RequestIn<'_>, config: &Config, namespaces: &dyn NamespaceSource) -> Verdict {
     // Pods are injected when created; templates are left alone.
     if request.operation != Operation::Create || request.kind.kind != "Pod" {
         return Verdict::allow(&request.uid, None);
