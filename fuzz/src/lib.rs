@@ -40,15 +40,49 @@ pub const TARGETS: &[(&str, Entry)] = &[
 /// is an AdmissionReview v1 response for the request's uid.
 pub fn review(data: &[u8]) {
     let config = Config::default();
-    if let Ok(reviewed) = admission::validate(data, &config, &NoCluster) {
+    let validated = admission::validate(data, &config, &NoCluster);
+    same_as_reference(
+        data,
+        &validated,
+        admission::reference::validate(data, &config, &NoCluster),
+    );
+    if let Ok(reviewed) = validated {
         check_response(&reviewed.body, &reviewed.verdict.uid);
     }
     let namespaces = FixedNamespace(NamespaceFacts::Known(Arc::new(namespace_from_bytes(data))));
-    if let Ok(reviewed) = admission::mutate(data, &config, &namespaces) {
+    let mutated = admission::mutate(data, &config, &namespaces);
+    same_as_reference(data, &mutated, admission::reference::mutate(data, &config, &namespaces));
+    if let Ok(reviewed) = mutated {
         let response = check_response(&reviewed.body, &reviewed.verdict.uid);
         if let Some(patch) = response["patch"].as_str() {
             decode_patch(patch);
         }
+    }
+}
+
+/// The one-pass read answers exactly as the reference (raw) reading: the
+/// same verdict, the same response bytes, or the same error.
+pub fn same_as_reference(
+    body: &[u8],
+    one_pass: &Result<admission::Reviewed, admission::ReviewError>,
+    reference: Result<admission::Reviewed, admission::ReviewError>,
+) {
+    match (one_pass, &reference) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(
+                a.verdict,
+                b.verdict,
+                "verdicts differ for {:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(
+                a.body == b.body,
+                "responses differ for {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("one pass {one_pass:?}, reference {reference:?}"),
     }
 }
 
@@ -810,7 +844,13 @@ impl StructuredReview {
         // The key may be quoted back only if the manifest itself put it somewhere
         // that is not a secret (e.g. TS_KUBE_SECRET=<key>, which names a Secret).
         let key_only_in_secrets = key_only_where_keys_belong(&object);
-        let validated = admission::validate(&body, &config, &namespaces).expect("a well-formed review is answered");
+        let validated = admission::validate(&body, &config, &namespaces);
+        same_as_reference(
+            &body,
+            &validated,
+            admission::reference::validate(&body, &config, &namespaces),
+        );
+        let validated = validated.expect("a well-formed review is answered");
         check_response(&validated.body, uid);
         if key_only_in_secrets {
             assert_no_planted_key(&validated.body, &validated.verdict);
@@ -818,13 +858,19 @@ impl StructuredReview {
         let judged = matches!(self.operation, Op::Create | Op::Update) && !self.sub_resource;
         if !judged || self.kind == Kind::ConfigMap {
             assert!(
-                validated.verdict.allowed,
+                validated.verdict.allowed(),
                 "only creates and updates of workloads are judged"
             );
             assert!(validated.verdict.findings.is_empty());
         }
 
-        let mutated = admission::mutate(&body, &config, &namespaces).expect("a well-formed review is answered");
+        let mutated = admission::mutate(&body, &config, &namespaces);
+        same_as_reference(
+            &body,
+            &mutated,
+            admission::reference::mutate(&body, &config, &namespaces),
+        );
+        let mutated = mutated.expect("a well-formed review is answered");
         let response = check_response(&mutated.body, uid);
         if key_only_in_secrets {
             assert_no_planted_key(&mutated.body, &mutated.verdict);
@@ -926,7 +972,11 @@ fn assert_no_planted_key(body: &[u8], verdict: &admission::Verdict) {
             f.rule
         );
     }
-    for note in verdict.notes.iter().chain(&verdict.denied).chain(&verdict.unreadable) {
+    let refusal = match &verdict.outcome {
+        admission::Outcome::Unreadable(why) | admission::Outcome::Refused(why) => Some(why),
+        admission::Outcome::Allowed { .. } | admission::Outcome::Denied => None,
+    };
+    for note in verdict.notes.iter().chain(refusal) {
         assert!(!note.contains(marker), "a literal auth key was echoed: {note}");
     }
     assert!(
