@@ -21,7 +21,7 @@
 //! (`target/release/tailguard`), built first with `cargo build --release --bin
 //! tailguard` (a no-op when up to date); `TAILGUARD_BIN=path` uses another one.
 
-#[path = "../tests/support/kube.rs"]
+#[path = "../tests/it/support/kube.rs"]
 mod harness;
 
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
 //! `tailguard check` as a user runs it: the real binary, files, directories, stdin.
 
-mod support;
-
 use std::process::Output;
+
+use crate::support;
 
 fn fixture(rel: &str) -> String {
     format!("{}/tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"))

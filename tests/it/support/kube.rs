@@ -3,10 +3,12 @@
 //! kubeconfig and `kube::Client`, and `tailguard serve` (the real binary) wired to
 //! it with webhook configurations rendered from the Helm chart.
 //!
-//! Self-contained (no `support` module, no `env!` of integration tests), so
+//! Self-contained but for process.rs, which it includes as its `process`
+//! module (no `crate::` paths, no `env!` of integration tests), so
 //! `examples/admission_overhead.rs` includes it too:
-//! `#[path = "../tests/support/kube.rs"] mod harness;`. Do not name the module
-//! `kube`: it would shadow the kube crate.
+//! `#[path = "../tests/it/support/kube.rs"] mod harness;`. Do not name the
+//! module `kube`: it would shadow the kube crate (the tests reach it as
+//! `support::harness`).
 //!
 //! Every process is killed by PID when its owner is dropped, also while a test
 //! panics; a small watchdog kills etcd and the apiserver if the test process
@@ -14,12 +16,14 @@
 //! log are printed. `TAILGUARD_E2E_KEEP=1` keeps the temporary directories.
 #![allow(dead_code)]
 
+#[path = "process.rs"]
+pub mod process;
+
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -33,158 +37,13 @@ use rcgen::{
 use serde_json::Value;
 use tailguard::certs::{self, CaPem};
 
-/// How long start-up waits (apiserver, tailguard) before giving up.
-pub const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+pub use process::{Proc, STARTUP_PATIENCE, SecretVolume, Serve, TempDir};
 
 /// The field manager used for everything the harness applies.
 pub const FIELD_MANAGER: &str = "tailguard-e2e";
 
 fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-// --- temporary directories ---
-
-/// A fresh directory, removed on drop (unless `TAILGUARD_E2E_KEEP=1`).
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Under `base` (or the system temporary directory), named after `label`.
-    pub fn new(base: Option<&Path>, label: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let base = base.map_or_else(std::env::temp_dir, Path::to_path_buf);
-        let path = base.join(format!("{label}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var("TAILGUARD_E2E_KEEP").as_deref() == Ok("1") {
-            eprintln!("kept {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The default base for temporary directories: cargo's per-target temporary
-/// directory for integration tests, else the system one.
-pub fn default_base() -> Option<PathBuf> {
-    option_env!("CARGO_TARGET_TMPDIR").map(PathBuf::from)
-}
-
-// --- processes ---
-
-/// A child process whose stdout and stderr go to a log file; killed on drop.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Proc {
-        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let err = file.try_clone().expect("clone log file");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({:?}): {e}", command.get_program()));
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `Some(status text)` once the process has exited.
-    pub fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(status.to_string()),
-            Ok(None) => None,
-            Err(e) => Some(format!("wait failed: {e}")),
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The last `lines` lines of the log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_text();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Sends a signal by PID (`TERM`, `KILL`, `STOP`, ...).
-    pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns whether it exited on its own.
-    pub fn terminate(&mut self, grace: Duration) -> bool {
-        if self.exited().is_some() {
-            return true;
-        }
-        self.signal("TERM");
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.kill();
-        false
-    }
-
-    fn print_log_tail_on_panic(&self, lines: usize) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- last {lines} lines of {} log ({}) -----\n{}\n----- end of {} log -----",
-                self.name,
-                self.log.display(),
-                self.log_tail(lines),
-                self.name
-            );
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Kills `pids` if this process dies without running destructors (a test
@@ -211,34 +70,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind a free port")
-}
-
-/// A minimal blocking plain-HTTP `GET`: (status, body); status 0 when unreachable.
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 // --- certificates for the control plane ---
@@ -359,7 +190,7 @@ impl TestCluster {
 
     async fn try_start(bins: &KubeBinaries, label: &str) -> Result<TestCluster, String> {
         let started = Instant::now();
-        let dir = TempDir::new(default_base().as_deref(), &format!("e2e-{label}"));
+        let dir = TempDir::new(&format!("e2e-{label}"));
         let ca = ClusterCa::new();
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
@@ -391,7 +222,8 @@ impl TestCluster {
                 .arg("--unsafe-no-fsync")
                 .arg("--log-level=warn"),
             dir.join("etcd.log"),
-        );
+        )
+        .tail_on_panic(10);
         let path = |p: &Path| p.display().to_string();
         let mut apiserver = Proc::spawn(
             "kube-apiserver",
@@ -472,8 +304,7 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        self.apiserver.print_log_tail_on_panic(40);
-        self.etcd.print_log_tail_on_panic(10);
+        // (The processes print their logs' last lines if the test panicked.)
         self.apiserver.kill();
         self.etcd.kill();
         if let Some(w) = self.watchdog.as_mut() {
@@ -692,60 +523,16 @@ pub async fn wait_webhooks(client: &kube::Client, ns: &str, want: bool, timeout:
 
 // --- tailguard serve ---
 
-/// Serving certificate files laid out like a Kubernetes Secret volume: `tls.crt`
-/// and `tls.key` are symlinks into `..data`, itself a symlink to a versioned
-/// directory that is swapped atomically on rotation.
-pub struct SecretVolume {
-    pub dir: PathBuf,
-    version: usize,
-}
-
-impl SecretVolume {
-    pub fn create(dir: PathBuf, cert_pem: &str, key_pem: &str) -> SecretVolume {
-        std::fs::create_dir_all(&dir).expect("create secret volume dir");
-        let mut volume = SecretVolume { dir, version: 0 };
-        volume.rotate(cert_pem, key_pem);
-        for name in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.join(name)).expect("symlink");
-        }
-        volume
-    }
-
-    /// Writes a new version and swaps `..data` to it in one rename, as the kubelet does.
-    pub fn rotate(&mut self, cert_pem: &str, key_pem: &str) {
-        self.version += 1;
-        let version = format!("..v{}", self.version);
-        let target = self.dir.join(&version);
-        std::fs::create_dir_all(&target).expect("create version dir");
-        std::fs::write(target.join("tls.crt"), cert_pem).expect("write tls.crt");
-        std::fs::write(target.join("tls.key"), key_pem).expect("write tls.key");
-        let tmp = self.dir.join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&version, &tmp).expect("symlink ..data_tmp");
-        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
-        if self.version > 2 {
-            let _ = std::fs::remove_dir_all(self.dir.join(format!("..v{}", self.version - 2)));
-        }
-    }
-
-    pub fn cert(&self) -> PathBuf {
-        self.dir.join("tls.crt")
-    }
-
-    pub fn key(&self) -> PathBuf {
-        self.dir.join("tls.key")
-    }
-}
-
-/// A running `tailguard serve` on 127.0.0.1 with its own CA; killed on drop.
+/// A running `tailguard serve` on 127.0.0.1 with its own CA, serving its
+/// certificate from a Secret-volume layout; killed on drop. Derefs to its
+/// [`Serve`] (addresses, logs, metrics, signals).
 pub struct Webhook {
-    pub addr: SocketAddr,
-    pub health_addr: SocketAddr,
     /// The CA its serving certificates chain to (the webhook configurations' caBundle).
     pub ca: CaPem,
     pub certs: SecretVolume,
+    /// From spawn to `/readyz` answering 200.
     pub startup: Duration,
-    proc: Proc,
+    pub serve: Serve,
     pub dir: TempDir,
 }
 
@@ -775,31 +562,17 @@ impl Webhook {
 
     /// Starts the server and waits until `/readyz` answers 200.
     pub fn start(options: &WebhookOptions<'_>) -> Webhook {
-        let started = Instant::now();
-        let dir = TempDir::new(default_base().as_deref(), "tailguard");
+        let dir = TempDir::new("tailguard");
         let ca = Self::new_ca();
         let cert = Self::serving_cert(&ca, Duration::from_secs(30 * 24 * 3600));
         let certs = SecretVolume::create(dir.join("certs"), &cert.cert_pem, &cert.key_pem);
-        let mut command = Command::new(options.bin);
+        let mut command = Serve::command(options.bin, options.log_filter);
         command
-            .arg("serve")
             .arg("--tls-cert")
             .arg(certs.cert())
             .arg("--tls-key")
             .arg(certs.key())
-            .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
-            .args(options.extra_args)
-            .env("TAILGUARD_LOG_FORMAT", "json")
-            .env("RUST_LOG", options.log_filter)
-            .env_remove("KUBECONFIG");
-        for var in [
-            "TAILGUARD_CONFIG",
-            "TAILGUARD_CLUSTER",
-            "TAILGUARD_KUBECONFIG",
-            "TAILGUARD_DEV",
-        ] {
-            command.env_remove(var);
-        }
+            .args(options.extra_args);
         if let Some(kubeconfig) = options.kubeconfig {
             command.arg("--kubeconfig").arg(kubeconfig);
         }
@@ -808,54 +581,20 @@ impl Webhook {
             std::fs::write(&path, config).expect("write config");
             command.arg("--config").arg(path);
         }
-        let mut proc = Proc::spawn("tailguard", &mut command, dir.join("tailguard.log"));
-        let deadline = Instant::now() + STARTUP_PATIENCE;
-        let (addr, health_addr) = loop {
-            if let Some(found) = listening(&proc.log_text()) {
-                break found;
-            }
-            if let Some(status) = proc.exited() {
-                panic!(
-                    "tailguard serve exited ({status}) before listening:\n{}",
-                    proc.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tailguard serve did not log `listening`:\n{}",
-                proc.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        loop {
-            if http_get(health_addr, "/readyz").0 == 200 {
-                break;
-            }
-            if let Some(status) = proc.exited() {
-                panic!("tailguard serve exited ({status}) before ready:\n{}", proc.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tailguard serve not ready: {:?}\n{}",
-                http_get(health_addr, "/readyz"),
-                proc.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut serve = Serve::launch("tailguard", &mut command, dir.join("tailguard.log")).listening();
+        let startup = serve.wait_ready();
         Webhook {
-            addr,
-            health_addr,
             ca,
             certs,
-            startup: started.elapsed(),
-            proc,
+            startup,
+            serve,
             dir,
         }
     }
 
     /// `https://127.0.0.1:PORT` (the chart's `webhook.url`).
     pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
+        format!("https://{}", self.serve.addr)
     }
 
     /// The chart's `certificates.caBundle`.
@@ -868,68 +607,20 @@ impl Webhook {
         let cert = Self::serving_cert(&self.ca, validity);
         self.certs.rotate(&cert.cert_pem, &cert.key_pem);
     }
+}
 
-    /// One sample of `/metrics` (OpenMetrics text), e.g.
-    /// `tailguard_tls_reloads_total{result="success"}`; integer or float values.
-    pub fn metric(&self, series: &str) -> Option<f64> {
-        let (_, text) = http_get(self.health_addr, "/metrics");
-        text.lines().find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-    }
+impl Deref for Webhook {
+    type Target = Serve;
 
-    pub fn log_text(&self) -> String {
-        self.proc.log_text()
-    }
-
-    /// The `fields` of every JSON log line whose message is `message`.
-    pub fn logs(&self, message: &str) -> Vec<Value> {
-        self.log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| v.get("fields").cloned().unwrap_or(v))
-            .filter(|f| f["message"] == message)
-            .collect()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    /// Stops the server abruptly (SIGKILL): the webhook is down.
-    pub fn kill(&mut self) {
-        self.proc.kill();
-    }
-
-    /// SIGTERM; true if it exited within `grace`.
-    pub fn terminate(&mut self, grace: Duration) -> bool {
-        self.proc.terminate(grace)
+    fn deref(&self) -> &Serve {
+        &self.serve
     }
 }
 
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        self.proc.print_log_tail_on_panic(60);
-        self.proc.kill();
+impl DerefMut for Webhook {
+    fn deref_mut(&mut self) -> &mut Serve {
+        &mut self.serve
     }
-}
-
-/// The addresses from tailguard's `listening` log line.
-pub fn listening(log: &str) -> Option<(SocketAddr, SocketAddr)> {
-    log.lines().find_map(|line| {
-        let value: Value = serde_json::from_str(line).ok()?;
-        let fields = value.get("fields").unwrap_or(&value);
-        (fields["message"] == "listening").then_some(())?;
-        Some((
-            fields["addr"].as_str()?.parse().ok()?,
-            fields["health_addr"].as_str()?.parse().ok()?,
-        ))
-    })
 }
 
 // --- kubectl ---

@@ -1,27 +1,16 @@
 //! `tailguard serve` end to end: the built binary, real TLS, HTTP/1.1 and HTTP/2,
 //! certificate rotation, health endpoints and graceful shutdown.
 
-mod support;
-
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use support::{Https, PATIENCE, Pki, Proto, Serve, TempDir, run_to_exit, tailscale_daemonset_review, tls_connect};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Serves `pki`'s certificate from `dir`, with `extra` flags.
-fn serve_pki(pki: &Pki, dir: &TempDir, extra: &[&str]) -> Serve {
-    let (cert, key) = pki.write_to(dir.path());
-    let mut args = vec!["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)];
-    args.extend_from_slice(extra);
-    Serve::start(&args)
-}
+use crate::support::{
+    self, Https, PATIENCE, Pki, Proto, Serve, TempDir, assert_review, eventually, path_str, process::SecretVolume,
+    run_to_exit, tailscale_daemonset_review, tls_connect,
+};
 
 /// The `Content-Type` of `/metrics` on the health listener.
 fn metrics_content_type(addr: SocketAddr) -> Option<String> {
@@ -43,29 +32,6 @@ fn metrics_content_type(addr: SocketAddr) -> Option<String> {
     })
 }
 
-/// Checks that `reply` is a 200 AdmissionReview v1 answering `uid`.
-fn assert_review(reply: &support::Reply, uid: &str) -> serde_json::Value {
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(
-        reply.headers.get("content-type").and_then(|v| v.to_str().ok()),
-        Some("application/json")
-    );
-    let review = reply.json();
-    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(review["kind"], "AdmissionReview");
-    let response = &review["response"];
-    assert_eq!(response["uid"], uid);
-    let allowed = response["allowed"].as_bool().expect("response.allowed is a boolean");
-    if !allowed {
-        // A denial explains itself.
-        assert!(
-            response["status"]["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{review}"
-        );
-    }
-    review
-}
-
 /// Writes `request` on a fresh TLS connection and reads what comes back until
 /// the server closes it or `wait` passes.
 async fn raw_exchange(addr: SocketAddr, ca_pem: &str, request: &[u8], wait: Duration) -> String {
@@ -79,25 +45,11 @@ async fn raw_exchange(addr: SocketAddr, ca_pem: &str, request: &[u8], wait: Dura
     String::from_utf8_lossy(&response).into_owned()
 }
 
-/// Polls `f` every 20 ms until it is true or `timeout` passes.
-async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn reviews_over_http1_and_http2() {
     let dir = TempDir::new("reviews");
     let pki = Pki::new("reviews CA");
-    let server = serve_pki(&pki, &dir, &[]);
+    let server = pki.serve(&dir, &[]);
     for (proto, alpn) in [(Proto::Http1, &b"http/1.1"[..]), (Proto::Http2, &b"h2"[..])] {
         let mut conn = Https::connect(server.addr, &pki.ca.cert_pem, proto)
             .await
@@ -171,7 +123,9 @@ async fn reviews_over_http1_and_http2() {
             assert_eq!(line["object"], "DaemonSet/tailscale/tailscale");
         }
         assert!(
-            line["allowed"].is_boolean() && line["findings"].is_u64() && line["micros"].is_u64(),
+            (line["decision"] == "allowed" || line["decision"] == "denied")
+                && line["findings"].is_u64()
+                && line["micros"].is_u64(),
             "{line}"
         );
     }
@@ -183,7 +137,7 @@ async fn reviews_over_http1_and_http2() {
 async fn review_log_lines_carry_review_and_connection_spans() {
     let dir = TempDir::new("spans");
     let pki = Pki::new("spans CA");
-    let server = serve_pki(&pki, &dir, &[]);
+    let server = pki.serve(&dir, &[]);
     let mut conn = Https::connect(server.addr, &pki.ca.cert_pem, Proto::Http2)
         .await
         .expect("connect");
@@ -193,14 +147,14 @@ async fn review_log_lines_carry_review_and_connection_spans() {
     let is_review = |v: &serde_json::Value| v["fields"]["message"] == "review";
     assert!(
         eventually(PATIENCE, || server
-            .stderr()
+            .log_lines()
             .iter()
             .filter_map(line)
             .any(|v| is_review(&v)))
         .await
     );
     let logged = server
-        .stderr()
+        .log_lines()
         .iter()
         .filter_map(line)
         .find(is_review)
@@ -237,7 +191,7 @@ async fn review_log_lines_carry_review_and_connection_spans() {
 async fn refuses_bad_requests() {
     let dir = TempDir::new("refuses");
     let pki = Pki::new("refuses CA");
-    let server = serve_pki(&pki, &dir, &["--max-body-bytes", "64Ki"]);
+    let server = pki.serve(&dir, &["--max-body-bytes", "64Ki"]);
     let mut conn = Https::connect(server.addr, &pki.ca.cert_pem, Proto::Http2)
         .await
         .expect("connect");
@@ -316,7 +270,7 @@ async fn refuses_bad_requests() {
 async fn health_readiness_and_metrics() {
     let dir = TempDir::new("health");
     let pki = Pki::new("health CA");
-    let server = serve_pki(&pki, &dir, &[]);
+    let server = pki.serve(&dir, &[]);
     assert_eq!(server.health_get("/healthz"), (200, "ok\n".to_string()));
     assert_eq!(server.health_get("/readyz"), (200, "ok\n".to_string()));
     assert_eq!(server.health_get("/nope").0, 404);
@@ -396,7 +350,7 @@ async fn readiness_waits_for_the_namespace_cache() {
          current-context: x\n",
     )
     .expect("write kubeconfig");
-    let server = serve_pki(&pki, &dir, &["--kubeconfig", path_str(&kubeconfig)]);
+    let server = pki.serve(&dir, &["--kubeconfig", path_str(&kubeconfig)]);
     assert_eq!(server.health_get("/healthz").0, 200);
     let (status, reason) = server.health_get("/readyz");
     assert_eq!(status, 503);
@@ -421,7 +375,7 @@ async fn readiness_waits_for_the_namespace_cache() {
 async fn bad_handshakes_do_not_disturb_other_clients() {
     let dir = TempDir::new("handshakes");
     let pki = Pki::new("handshakes CA");
-    let server = serve_pki(&pki, &dir, &["--handshake-timeout", "500ms"]);
+    let server = pki.serve(&dir, &["--handshake-timeout", "500ms"]);
     let ca = &pki.ca.cert_pem;
     let mut good = Https::connect(server.addr, ca, Proto::Http2).await.expect("connect");
     assert_review(
@@ -436,7 +390,7 @@ async fn bad_handshakes_do_not_disturb_other_clients() {
         .await
         .expect("write");
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(2), plain.read_to_end(&mut answer)).await;
+    let read = tokio::time::timeout(PATIENCE, plain.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "plain HTTP connection was not closed");
     assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1"));
 
@@ -447,7 +401,7 @@ async fn bad_handshakes_do_not_disturb_other_clients() {
     let mut old = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
     old.write_all(&hello).await.expect("write");
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(2), old.read_to_end(&mut answer)).await;
+    let read = tokio::time::timeout(PATIENCE, old.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "TLS 1.0 connection was not closed");
     assert!(
         answer.is_empty() || answer[0] == 0x15,
@@ -458,7 +412,7 @@ async fn bad_handshakes_do_not_disturb_other_clients() {
     let started = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf)).await;
+    let read = tokio::time::timeout(PATIENCE, silent.read(&mut buf)).await;
     assert!(
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "silent connection was not closed: {read:?}"
@@ -491,25 +445,6 @@ async fn bad_handshakes_do_not_disturb_other_clients() {
     assert!(server.metric("tailguard_tls_handshake_failures_total").unwrap_or(0.0) >= 3.0);
 }
 
-/// Lays out a Kubernetes Secret volume: `..<version>/` holds the files,
-/// `..data` points at it, and `tls.crt`/`tls.key` point into `..data`.
-fn secret_volume_version(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
-    let versioned = dir.join(version);
-    std::fs::create_dir_all(&versioned).expect("mkdir");
-    std::fs::write(versioned.join("tls.crt"), cert_pem).expect("write cert");
-    std::fs::write(versioned.join("tls.key"), key_pem).expect("write key");
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(version, &tmp).expect("symlink");
-    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-    for name in ["tls.crt", "tls.key"] {
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), &link).expect("symlink");
-        }
-    }
-}
-
 /// Connects with a client that trusts only `ca_pem`, until that works; returns how long it took.
 async fn wait_until_trusted(addr: SocketAddr, ca_pem: &str) -> Option<Duration> {
     let started = Instant::now();
@@ -526,17 +461,12 @@ async fn wait_until_trusted(addr: SocketAddr, ca_pem: &str) -> Option<Duration> 
 async fn reloads_certificates_from_a_secret_volume() {
     let dir = TempDir::new("rotate-secret");
     let first = Pki::new("first CA");
-    secret_volume_version(
-        dir.path(),
-        "..2026_01_01",
-        &first.serving.cert_pem,
-        &first.serving.key_pem,
-    );
+    let mut volume = SecretVolume::create(dir.join("tls"), &first.serving.cert_pem, &first.serving.key_pem);
     let server = Serve::start(&[
         "--tls-cert",
-        path_str(&dir.join("tls.crt")),
+        path_str(&volume.cert()),
         "--tls-key",
-        path_str(&dir.join("tls.key")),
+        path_str(&volume.key()),
     ]);
     let mut old = Https::connect(server.addr, &first.ca.cert_pem, Proto::Http1)
         .await
@@ -550,17 +480,12 @@ async fn reloads_certificates_from_a_secret_volume() {
         .expect("connect");
 
     let second = Pki::new("second CA");
-    secret_volume_version(
-        dir.path(),
-        "..2026_02_01",
-        &second.serving.cert_pem,
-        &second.serving.key_pem,
-    );
+    volume.rotate(&second.serving.cert_pem, &second.serving.key_pem);
+    // Served within PATIENCE; how soon is a benchmark figure, not asserted.
     let picked_up = wait_until_trusted(server.addr, &second.ca.cert_pem)
         .await
         .expect("new certificate served");
     eprintln!("rotation (..data swap) picked up after {picked_up:?}");
-    assert!(picked_up < Duration::from_secs(3), "{picked_up:?}");
 
     let mut new = Https::connect(server.addr, &second.ca.cert_pem, Proto::Http2)
         .await
@@ -591,12 +516,7 @@ async fn reloads_certificates_from_a_secret_volume() {
 
     // A broken pair (key of another certificate) is refused; the last good one keeps serving.
     let third = Pki::new("third CA");
-    secret_volume_version(
-        dir.path(),
-        "..2026_03_01",
-        &third.serving.cert_pem,
-        &second.serving.key_pem,
-    );
+    volume.rotate(&third.serving.cert_pem, &second.serving.key_pem);
     assert!(
         eventually(PATIENCE, || {
             server
@@ -628,7 +548,7 @@ async fn reloads_certificates_from_a_secret_volume() {
 async fn reloads_renamed_certificate_files() {
     let dir = TempDir::new("rotate-files");
     let first = Pki::new("first CA");
-    let server = serve_pki(&first, &dir, &["--cert-poll-interval", "200ms"]);
+    let server = first.serve(&dir, &["--cert-poll-interval", "200ms"]);
     let mut old = Https::connect(server.addr, &first.ca.cert_pem, Proto::Http2)
         .await
         .expect("connect");
@@ -643,7 +563,7 @@ async fn reloads_renamed_certificate_files() {
         ("tls.key", &second.serving.key_pem),
         ("tls.crt", &second.serving.cert_pem),
     ] {
-        let tmp = dir.join(&format!(".{name}.new"));
+        let tmp = dir.join(format!(".{name}.new"));
         std::fs::write(&tmp, pem).expect("write");
         std::fs::rename(&tmp, dir.join(name)).expect("rename");
     }
@@ -662,7 +582,7 @@ async fn reloads_renamed_certificate_files() {
 async fn sigterm_drains_and_exits_zero() {
     let dir = TempDir::new("sigterm");
     let pki = Pki::new("sigterm CA");
-    let mut server = serve_pki(&pki, &dir, &[]);
+    let mut server = pki.serve(&dir, &[]);
     let ca = &pki.ca.cert_pem;
     // Idle keep-alive connections, HTTP/1.1 and HTTP/2.
     let mut h1 = Https::connect(server.addr, ca, Proto::Http1).await.expect("connect");
@@ -693,7 +613,7 @@ async fn sigterm_drains_and_exits_zero() {
     let signalled = Instant::now();
     server.signal("TERM");
     // Idle connections are closed at once; readiness fails while draining.
-    assert!(eventually(Duration::from_secs(2), || h1.is_closed() && h2.is_closed()).await);
+    assert!(eventually(PATIENCE, || h1.is_closed() && h2.is_closed()).await);
     eprintln!("idle connections closed {:?} after SIGTERM", signalled.elapsed());
     assert!(
         server.wait_exit(Duration::from_millis(300)).await.is_none(),
@@ -709,7 +629,7 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"uid\":\"s-3\""), "{response}");
 
-    let status = server.wait_exit(Duration::from_secs(3)).await.expect("exited");
+    let status = server.wait_exit(PATIENCE).await.expect("exited");
     eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
     assert!(status.success(), "{status:?}");
     assert!(
@@ -721,7 +641,7 @@ async fn sigterm_drains_and_exits_zero() {
 async fn sigterm_with_only_idle_connections_exits_promptly() {
     let dir = TempDir::new("sigterm-idle");
     let pki = Pki::new("sigterm idle CA");
-    let mut server = serve_pki(&pki, &dir, &[]);
+    let mut server = pki.serve(&dir, &[]);
     let mut h1 = Https::connect(server.addr, &pki.ca.cert_pem, Proto::Http1)
         .await
         .expect("connect");
@@ -734,17 +654,21 @@ async fn sigterm_with_only_idle_connections_exits_promptly() {
         .expect("connect");
     let signalled = Instant::now();
     server.signal("TERM");
-    let status = server.wait_exit(Duration::from_secs(2)).await.expect("exited promptly");
+    // Promptly: not after the 15 s grace an in-flight request would get (how
+    // soon is a benchmark figure, printed).
+    let status = server.wait_exit(PATIENCE).await.expect("exited promptly");
     eprintln!("idle-only shutdown took {:?}", signalled.elapsed());
     assert!(status.success(), "{status:?}");
-    assert!(eventually(Duration::from_secs(1), || h1.is_closed()).await);
+    assert!(eventually(PATIENCE, || h1.is_closed()).await);
 }
 
 #[tokio::test]
 async fn shutdown_delay_keeps_accepting_while_unready() {
     let dir = TempDir::new("shutdown-delay");
     let pki = Pki::new("shutdown delay CA");
-    let mut server = serve_pki(&pki, &dir, &["--shutdown-delay", "700ms"]);
+    // A delay long enough that the late client below connects within it
+    // however slow the machine is: that it is served proves it.
+    let mut server = pki.serve(&dir, &["--shutdown-delay", "3s"]);
     let ca = &pki.ca.cert_pem;
     let mut idle = Https::connect(server.addr, ca, Proto::Http2).await.expect("connect");
     assert_review(
@@ -754,15 +678,11 @@ async fn shutdown_delay_keeps_accepting_while_unready() {
     let signalled = Instant::now();
     server.signal("TERM");
     // Existing connections are told to go at once; readiness fails...
-    assert!(eventually(Duration::from_secs(1), || idle.is_closed()).await);
-    assert!(eventually(Duration::from_secs(1), || server.health_get("/readyz").0 == 503).await);
+    assert!(eventually(PATIENCE, || idle.is_closed()).await);
+    assert!(eventually(PATIENCE, || server.health_get("/readyz").0 == 503).await);
     assert!(server.health_get("/readyz").1.contains("shutting down"));
     // ...but a client that has not noticed yet is still served during the delay.
-    assert!(
-        signalled.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        signalled.elapsed()
-    );
+    eprintln!("SIGTERM: idle closed and unready after {:?}", signalled.elapsed());
     let mut late = Https::connect(server.addr, ca, Proto::Http1)
         .await
         .expect("connect during the delay");
@@ -770,14 +690,14 @@ async fn shutdown_delay_keeps_accepting_while_unready() {
         &late.post_json("/validate", tailscale_daemonset_review("w-2")).await,
         "w-2",
     );
-    let status = server.wait_exit(Duration::from_secs(3)).await.expect("exited");
+    let status = server.wait_exit(PATIENCE).await.expect("exited");
     assert!(status.success(), "{status:?}");
     assert!(
-        signalled.elapsed() >= Duration::from_millis(650),
-        "{:?}",
+        signalled.elapsed() >= Duration::from_millis(2900),
+        "exited {:?} after SIGTERM, before the 3 s delay",
         signalled.elapsed()
     );
-    assert!(eventually(Duration::from_secs(1), || late.is_closed()).await);
+    assert!(eventually(PATIENCE, || late.is_closed()).await);
 }
 
 #[tokio::test]
@@ -789,7 +709,7 @@ async fn dev_mode_prints_ca_bundle_and_reuses_certificates() {
     let mut first = Serve::start(&args);
     assert!(first.wait_health_ok("/readyz", PATIENCE));
     eprintln!("--dev first start (CA generated): listening after {:?}", first.startup);
-    let bundle_line = || first.stdout().into_iter().find(|l| l.starts_with("caBundle: "));
+    let bundle_line = || first.log_lines().into_iter().find(|l| l.starts_with("caBundle: "));
     assert!(eventually(PATIENCE, || bundle_line().is_some()).await);
     let bundle = bundle_line()
         .and_then(|l| l.strip_prefix("caBundle: ").map(str::to_string))
@@ -834,7 +754,7 @@ async fn dev_mode_prints_ca_bundle_and_reuses_certificates() {
     );
     assert!(
         eventually(PATIENCE, || second
-            .stdout()
+            .log_lines()
             .iter()
             .any(|l| l == &format!("caBundle: {bundle}")))
         .await
@@ -933,5 +853,5 @@ async fn in_process_server_binds_port_zero_and_stops() {
         .expect("stops")
         .expect("task");
     assert!(result.is_ok(), "{result:?}");
-    assert!(conn.is_closed() || eventually(Duration::from_secs(1), || conn.is_closed()).await);
+    assert!(conn.is_closed() || eventually(PATIENCE, || conn.is_closed()).await);
 }

@@ -4,7 +4,7 @@
 //! allowlist, and that literal auth keys are never echoed.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -17,6 +17,9 @@ use tailguard::admission::{self, NamespaceSource};
 use tailguard::config::Config;
 use tailguard::expansion;
 use tailguard::rules::{NamespaceFacts, Severity};
+
+use crate::support::fixtures::yaml_files;
+use crate::support::{Review, repo};
 
 // ---------------------------------------------------------------------------
 // $(VAR) expansion
@@ -490,6 +493,12 @@ impl Scenario {
         if tun && matches!(ns.enforce, Some("baseline" | "restricted")) {
             return Expected::Deny;
         }
+        // Kernel mode with an exit node needs the cluster's CIDRs kept local,
+        // and the default policy's injection.noProxy lists none.
+        let exit_node = effective("tailguard.io/exit-node").is_some_and(|(v, _)| !v.trim().is_empty());
+        if tun && exit_node {
+            return Expected::Deny;
+        }
         Expected::Injected
     }
 
@@ -502,22 +511,10 @@ impl Scenario {
     }
 }
 
+const POD_UID: &str = "9e0c3d2a-0000-4000-8000-000000000006";
+
 fn pod_review(pod: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "9e0c3d2a-0000-4000-8000-000000000006",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": pod["metadata"]["namespace"],
-            "name": pod["metadata"]["name"],
-            "operation": "CREATE",
-            "object": pod,
-            "dryRun": false
-        }
-    }))
-    .expect("review JSON")
+    Review::create(pod.clone()).uid(POD_UID).to_vec()
 }
 
 /// `mutate` on `pod`: (allowed, patch).
@@ -525,7 +522,7 @@ fn mutate(pod: &Value, facts: &NamespaceFacts) -> (bool, Option<json_patch::Patc
     let reviewed = admission::mutate(&pod_review(pod), &Config::default(), &Fixed(facts.clone())).expect("answered");
     let review: Value = serde_json::from_slice(&reviewed.body).expect("response JSON");
     let r = review["response"].clone();
-    assert_eq!(r["uid"], "9e0c3d2a-0000-4000-8000-000000000006");
+    assert_eq!(r["uid"], POD_UID);
     let patch = r["patch"].as_str().map(|b64| {
         assert_eq!(r["patchType"], "JSONPatch");
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
@@ -683,44 +680,19 @@ fn literal_secrets(object: &Value, out: &mut Vec<String>) {
 }
 
 fn fixture_files() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack: Vec<PathBuf> = ["tests/fixtures/rules", "tests/fixtures/incident", "tests/inject"]
+    ["tests/fixtures/rules", "tests/fixtures/incident", "tests/inject"]
         .iter()
-        .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join(d))
-        .collect();
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("fixture dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
+        .flat_map(|dir| yaml_files(&repo().join(dir)))
+        .collect()
 }
 
+/// A CREATE of `object` in its namespace (`default` when it names none).
 fn review_of(object: &Value) -> Vec<u8> {
-    let kind = object["kind"].as_str().unwrap_or("Pod");
-    let group = match kind {
-        "Pod" => "",
-        "Job" | "CronJob" => "batch",
-        _ => "apps",
-    };
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "5ec2e700-0000-4000-8000-000000000001",
-            "kind": {"group": group, "version": "v1", "kind": kind},
-            "namespace": object["metadata"]["namespace"].as_str().unwrap_or("default"),
-            "operation": "CREATE",
-            "object": object,
-        }
-    }))
-    .expect("review JSON")
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
+    Review::create(object.clone())
+        .uid("5ec2e700-0000-4000-8000-000000000001")
+        .namespace(namespace)
+        .to_vec()
 }
 
 /// Every finding message, hint and warning over every rule fixture (through

@@ -20,12 +20,15 @@
 //! - `# oracle-value: secret/NAME/KEY=VALUE` (or `configmap/...`): a value the
 //!   pod reads that the manifest does not define;
 //! - `# source:`, `# what:`, `# substituted:`, `# note:` and free text: documentation.
-#![allow(dead_code)]
+//!
+//! A header naming a rule that does not exist fails (rule_fixtures.rs checks
+//! every fixture's with [`Header::unknown_rules`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use tailguard::config::Config;
+use tailguard::rules::RuleId;
 
 /// One expected finding: severity, rule, path, object (when named).
 pub type ExpectedFinding = (String, String, String, Option<String>);
@@ -138,6 +141,19 @@ impl Header {
         }
     }
 
+    /// Every rule the header names (`expect:` and `expect-clean:` lines).
+    pub fn rules(&self) -> impl Iterator<Item = &str> {
+        self.exact
+            .iter()
+            .map(|(_, rule, _, _)| rule.as_str())
+            .chain(self.clean.iter().map(String::as_str))
+    }
+
+    /// The rules the header names that tailguard does not have.
+    pub fn unknown_rules(&self) -> Vec<&str> {
+        self.rules().filter(|r| RuleId::from_name(r).is_none()).collect()
+    }
+
     /// The oracle expectation for `object` (one naming it, else one naming none).
     pub fn oracle_for(&self, object: &str) -> Option<&OracleExpect> {
         self.oracle
@@ -149,9 +165,13 @@ impl Header {
 
 /// The `.yaml` files under tests/fixtures/`dir`, sorted.
 pub fn fixture_files(dir: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    yaml_files(&super::repo().join("tests/fixtures").join(dir))
+}
+
+/// The `.yaml` files under `root` (any depth), sorted.
+pub fn yaml_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let mut stack = vec![root];
+    let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
             let path = entry.expect("dir entry").path();

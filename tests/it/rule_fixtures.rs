@@ -7,8 +7,8 @@
 //! - `# expect-no-deny`: no deny finding at all;
 //! - `# runtime: containerd|cri-o`: the policy's `runtime:` for this case.
 //!
-//! (tests/support/fixtures.rs has the whole header format; tests/oracle.rs runs
-//! the same files through the real Tailscale binaries.) A new case is a new file.
+//! (tests/it/support/fixtures.rs has the whole header format; tests/it/oracle.rs
+//! runs the same files through the real Tailscale binaries.) A new case is a new file.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,9 +17,8 @@ use tailguard::cli::check::{Located, check_documents};
 use tailguard::manifest::parse_stream;
 use tailguard::rules::RuleId;
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-use fixtures::{Header, fixture_files};
+use crate::support::fixtures::{Header, fixture_files};
+use crate::support::repo;
 
 fn run_case(file: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
@@ -139,4 +138,45 @@ fn every_rule_has_a_failing_and_a_passing_fixture() {
             "rule {rule} has no pass-*.yaml fixture"
         );
     }
+}
+
+/// A header can only name rules tailguard has (a renamed or misspelt rule
+/// would otherwise be a case that checks nothing), the folders of
+/// tests/fixtures/rules are rule names, and each rule's `fail-*.yaml` cases
+/// expect a finding of that rule.
+#[test]
+fn fixture_headers_name_known_rules() {
+    let mut problems = Vec::new();
+    for dir in ["rules", "incident", "realworld"] {
+        for file in fixture_files(dir) {
+            let text = std::fs::read_to_string(&file).expect("fixture");
+            for rule in Header::parse(&text, &file).unknown_rules() {
+                problems.push(format!("{}: no rule named {rule:?}", file.display()));
+            }
+        }
+    }
+    let rules_dir = repo().join("tests/fixtures/rules");
+    for entry in std::fs::read_dir(&rules_dir).expect("tests/fixtures/rules") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if path.is_dir() && RuleId::from_name(name).is_none() {
+            problems.push(format!("{}: not named after a rule", path.display()));
+        }
+    }
+    for file in fixture_files("rules") {
+        let (Some(rule), Some(name)) = (
+            file.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()),
+            file.file_name().and_then(|n| n.to_str()),
+        ) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).expect("fixture");
+        if name.starts_with("fail-") && !Header::parse(&text, &file).exact.iter().any(|(_, r, _, _)| r == rule) {
+            problems.push(format!(
+                "{}: a fail case of {rule} expects no {rule} finding",
+                file.display()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -9,32 +9,26 @@
 //! The server authenticates as a user with exactly the RBAC the chart grants
 //! (no list/watch on Secrets). One apiserver for the whole file.
 
-mod tools;
-
-#[path = "support/kube.rs"]
-mod harness;
-
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{KubeBinaries, Proc, TempDir, TestCluster};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tailguard::certs::{self, CaPem, CertInfo, SecretCerts};
 use tailguard::cluster::certs::{KubeSecret, SecretAction, SecretStore, ensure_secret, secret_data};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tailguard");
+use crate::support::harness::{KubeBinaries, TestCluster};
+use crate::support::{BIN, Serve, TempDir, process, tls_client, tls_connect};
+use crate::tools;
+
 const NS: &str = "tailguard";
 const TEST_NS: &str = "webhook-test";
 const SECRET: &str = "tg-certs";
@@ -45,20 +39,20 @@ const PATIENCE: Duration = Duration::from_secs(20);
 const ALLOWED: &str = "tailguard_reviews_total{endpoint=\"validate\",result=\"allowed\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(has_kube),
+    ignore = "needs kube-apiserver and etcd (KUBE_APISERVER_BIN, ETCD_BIN): scripts/build-kube.sh, or run scripts/test.sh"
+)]
 async fn self_managed_certificates() {
-    let (Some(apiserver), Some(etcd)) = (
-        tools::tool("KUBE_APISERVER_BIN", "self_certs"),
-        tools::tool("ETCD_BIN", "self_certs"),
-    ) else {
-        return;
-    };
+    let _heavy = crate::support::heavy();
+    let (apiserver, etcd) = (tools::tool("KUBE_APISERVER_BIN"), tools::tool("ETCD_BIN"));
     let cluster = TestCluster::start(&KubeBinaries { apiserver, etcd }, "self-certs").await;
     eprintln!("apiserver ready in {:?}", cluster.startup);
     let admin = cluster.client.clone();
     setup(&admin).await;
     let kubeconfig = cluster.kubeconfig_for("self-certs.kubeconfig", USER, &[]);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
-    let work = TempDir::new(harness::default_base().as_deref(), "self-certs");
+    let work = TempDir::new("self-certs");
 
     // --- 1. Two replicas started at the same moment converge on one CA. ---
     // Both processes are spawned before either is waited for.
@@ -253,10 +247,10 @@ async fn self_managed_certificates() {
     //     (forbidden in that namespace) is alive but not ready, and serves no TLS. ---
     let blocked = Replica::launch("blocked", &kubeconfig, work.path(), "default", &[]).listening();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (status, body) = harness::http_get(blocked.health_addr, "/readyz");
+    let (status, body) = blocked.health_get("/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no TLS certificate loaded"), "{body}");
-    assert_eq!(harness::http_get(blocked.health_addr, "/healthz").0, 200);
+    assert_eq!(blocked.health_get("/healthz").0, 200);
     assert!(served_cert(blocked.addr, &first.ca.cert_pem).await.is_err());
     assert!(
         blocked.log().contains("certificate Secret sync failed; retrying"),
@@ -603,25 +597,9 @@ fn leaf_info(pem: &str) -> CertInfo {
 /// The certificate `addr` presents to a client that trusts only `ca_pem` and
 /// asks for `localhost`; an error if the handshake fails.
 async fn served_cert(addr: SocketAddr, ca_pem: &str) -> Result<Vec<u8>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_string())?
-    .map_err(|e| e.to_string())?;
+    let tls = tls_connect(addr, tls_client(ca_pem, &[]))
+        .await
+        .map_err(|e| e.to_string())?;
     tls.get_ref()
         .1
         .peer_certificates()
@@ -652,22 +630,19 @@ async fn wait_served(replica: &Replica, ca_pem: &str, cert_pem: &str) {
 
 // --- the server processes ---
 
-/// `tailguard serve --cert-secret` as the chart runs it (one replica); killed on drop.
+/// `tailguard serve --cert-secret` as the chart runs it (one replica); killed
+/// on drop. Derefs to its [`Serve`].
 struct Replica {
     name: String,
-    addr: SocketAddr,
-    health_addr: SocketAddr,
-    dir: std::path::PathBuf,
-    spawned: Instant,
-    proc: Proc,
+    dir: PathBuf,
+    serve: Serve,
 }
 
 /// A replica spawned but not yet known to listen.
 struct Launching {
     name: String,
-    dir: std::path::PathBuf,
-    spawned: Instant,
-    proc: Proc,
+    dir: PathBuf,
+    launching: process::Launching,
 }
 
 impl Replica {
@@ -679,9 +654,8 @@ impl Replica {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = base.join(format!("{name}-{}", N.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&dir).expect("replica dir");
-        let mut command = Command::new(BIN);
+        let mut command = Serve::command(Path::new(BIN), "info,tailguard=debug");
         command
-            .arg("serve")
             .args(["--cert-secret", SECRET, "--cert-namespace", namespace])
             .args(["--cert-dns", "localhost", "--ca-bundle-webhook", WEBHOOK])
             .args(extra)
@@ -689,19 +663,12 @@ impl Replica {
             .arg(kubeconfig)
             .arg("--certs-dir")
             .arg(dir.join("certs"))
-            .args(["--cert-check-interval", "300ms"])
-            .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
-            .env("TAILGUARD_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,tailguard=debug")
-            .env_remove("KUBECONFIG")
-            .env_remove("POD_NAMESPACE");
-        let spawned = Instant::now();
-        let proc = Proc::spawn(&format!("tailguard {name}"), &mut command, dir.join("serve.log"));
+            .args(["--cert-check-interval", "300ms"]);
+        let launching = Serve::launch(&format!("tailguard {name}"), &mut command, dir.join("serve.log"));
         Launching {
             name: name.to_string(),
             dir,
-            spawned,
-            proc,
+            launching,
         }
     }
 }
@@ -709,81 +676,45 @@ impl Replica {
 impl Launching {
     /// Waits for the `listening` log line.
     fn listening(self) -> Replica {
-        let Launching {
-            name,
-            dir,
-            spawned,
-            mut proc,
-        } = self;
-        let (addr, health_addr) = loop {
-            let found = log_lines(&proc.log_text()).into_iter().find_map(|f| {
-                (f["message"] == "listening").then_some(())?;
-                Some((
-                    f["addr"].as_str()?.parse().ok()?,
-                    f["health_addr"].as_str()?.parse().ok()?,
-                ))
-            });
-            if let Some(found) = found {
-                break found;
-            }
-            if let Some(status) = proc.exited() {
-                panic!("replica {name} exited ({status}):\n{}", proc.log_text());
-            }
-            assert!(spawned.elapsed() < PATIENCE, "replica {name} did not listen");
-            std::thread::sleep(Duration::from_millis(2));
-        };
         Replica {
-            name,
-            addr,
-            health_addr,
-            dir,
-            spawned,
-            proc,
+            name: self.name,
+            dir: self.dir,
+            serve: self.launching.listening(),
         }
+    }
+}
+
+impl Deref for Replica {
+    type Target = Serve;
+
+    fn deref(&self) -> &Serve {
+        &self.serve
     }
 }
 
 impl Replica {
     /// Waits for `/readyz` 200; returns the time from spawn.
     fn wait_ready(&mut self) -> Duration {
-        let started = Instant::now();
-        loop {
-            let (status, body) = harness::http_get(self.health_addr, "/readyz");
-            if status == 200 {
-                return self.spawned.elapsed();
-            }
-            if let Some(status) = self.proc.exited() {
-                panic!("replica {} exited ({status}):\n{}", self.name, self.log());
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "replica {} not ready: {body}\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.serve.wait_ready()
     }
 
-    fn certs_dir(&self) -> std::path::PathBuf {
+    fn certs_dir(&self) -> PathBuf {
         self.dir.join("certs")
     }
 
     fn log(&self) -> String {
-        self.proc.log_text()
+        self.serve.log_text()
     }
 
     /// How many log lines have this message.
     fn count(&self, message: &str) -> usize {
-        log_lines(&self.log())
-            .iter()
-            .filter(|f| f["message"] == message)
-            .count()
+        self.serve.logs(message).len()
     }
 
     /// Log lines with `decision` = `decision`, other than the one-time "in place" line.
     fn decisions(&self, decision: &str) -> Vec<Value> {
-        log_lines(&self.log())
+        self.serve
+            .log_fields()
             .into_iter()
             .filter(|f| f["decision"] == decision && f["message"] != "self-managed certificates in place")
             .collect()
@@ -803,49 +734,26 @@ impl Replica {
         }
     }
 
-    /// The `decision` of the "self-managed certificates in place" line (the first sync).
-    fn in_place_decision(&self) -> String {
-        log_lines(&self.log())
-            .iter()
-            .find(|f| f["message"] == "self-managed certificates in place")
-            .and_then(|f| f["decision"].as_str().map(str::to_string))
+    /// The first "self-managed certificates in place" line (the first sync).
+    fn in_place(&self) -> Value {
+        self.serve
+            .logs("self-managed certificates in place")
+            .into_iter()
+            .next()
             .unwrap_or_default()
+    }
+
+    /// The `decision` of the "self-managed certificates in place" line.
+    fn in_place_decision(&self) -> String {
+        self.in_place()["decision"].as_str().unwrap_or_default().to_string()
     }
 
     /// `elapsed_ms` of the "self-managed certificates in place" line.
     fn in_place_ms(&self) -> u64 {
-        log_lines(&self.log())
-            .iter()
-            .find(|f| f["message"] == "self-managed certificates in place")
-            .and_then(|f| f["elapsed_ms"].as_u64())
-            .unwrap_or_default()
+        self.in_place()["elapsed_ms"].as_u64().unwrap_or_default()
     }
 
     fn metric(&self, series: &str) -> f64 {
-        let (_, text) = harness::http_get(self.health_addr, "/metrics");
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0.0)
+        self.serve.metric(series).unwrap_or(0.0)
     }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- replica {} log -----\n{}\n----- end -----",
-                self.name,
-                self.proc.log_tail(40)
-            );
-        }
-        self.proc.kill();
-    }
-}
-
-/// The `fields` of each JSON log line.
-fn log_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|v| v.get("fields").cloned().unwrap_or(v))
-        .collect()
 }

@@ -1,8 +1,8 @@
 //! `tailguard inject` as a user runs it: the real binary on files and stdin.
 
-mod support;
-
 use std::process::Output;
+
+use crate::support;
 
 fn case(name: &str) -> String {
     format!("{}/tests/inject/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -56,7 +56,7 @@ fn refusals_exit_1_and_bad_input_exits_2() {
 
 /// Kernel mode with an exit node needs the cluster's CIDRs (injection.noProxy)
 /// to keep cluster DNS and Services off the exit node; without them the pod is
-/// refused with that reason (tests/injection_traffic.rs shows what breaks).
+/// refused with that reason (injection_traffic.rs shows what breaks).
 #[test]
 fn tun_with_an_exit_node_needs_the_cluster_cidrs() {
     let out = support::run_cli(&["inject", "-f", &case("tun-in-privileged.yaml")], None);

@@ -1,20 +1,19 @@
 //! The Helm chart (`charts/tailguard`) as helm renders it: lint, the Kubernetes schemas of the
 //! supported versions, the webhook configurations and RBAC of every certificate mode, the values
 //! schema, and the policy file as the server reads it. Runs the real `helm` (HELM_BIN) and
-//! `kubernetes-validate` (KUBERNETES_VALIDATE_BIN); see tests/tools/mod.rs.
-
-mod support;
-mod tools;
+//! `kubernetes-validate` (KUBERNETES_VALIDATE_BIN); see tests/it/tools.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 use tailguard::config::Config;
 use tailguard::manifest::parse_stream;
 use tailguard::rules::RuleId;
+
+use crate::support::{self, TempDir};
+use crate::tools;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/tailguard");
 const RELEASE: &str = "tg";
@@ -56,30 +55,6 @@ const MODES: &[(&str, &[&str])] = &[
 
 // --- running helm ---
 
-/// A fresh directory under cargo's per-target temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chart-{label}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temporary directory");
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Helm {
     bin: PathBuf,
     /// HELM_{CACHE,CONFIG,DATA}_HOME: keeps the user's helm settings out of the test.
@@ -87,12 +62,11 @@ struct Helm {
 }
 
 impl Helm {
-    fn new(test: &str) -> Option<Helm> {
-        let bin = tools::tool("HELM_BIN", test)?;
-        Some(Helm {
-            bin,
+    fn new() -> Helm {
+        Helm {
+            bin: tools::tool("HELM_BIN"),
             home: TempDir::new("helm-home"),
-        })
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -224,10 +198,12 @@ const MUTATE: &str = "MutatingWebhookConfiguration";
 // --- tests ---
 
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn lint_strict_passes_for_every_mode() {
-    let Some(helm) = Helm::new("lint_strict_passes_for_every_mode") else {
-        return;
-    };
+    let helm = Helm::new();
     for (label, sets) in MODES {
         let mut args = vec!["lint", "--strict", CHART, "--namespace", NAMESPACE];
         for set in *sets {
@@ -245,15 +221,16 @@ fn lint_strict_passes_for_every_mode() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_helm, has_kubernetes_validate)),
+    ignore = "needs helm and kubernetes-validate (HELM_BIN, KUBERNETES_VALIDATE_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn every_mode_is_valid_for_supported_kubernetes_versions() {
-    let test = "every_mode_is_valid_for_supported_kubernetes_versions";
-    let (Some(helm), Some(validate)) = (Helm::new(test), tools::tool("KUBERNETES_VALIDATE_BIN", test)) else {
-        return;
-    };
+    let (helm, validate) = (Helm::new(), tools::tool("KUBERNETES_VALIDATE_BIN"));
     let dir = TempDir::new("validate");
     let mut files = Vec::new();
     for (label, sets) in MODES {
-        let path = dir.join(&format!("{label}.yaml"));
+        let path = dir.join(format!("{label}.yaml"));
         std::fs::write(&path, helm.template(sets)).expect("write rendered chart");
         files.push(path);
     }
@@ -281,10 +258,12 @@ fn every_mode_is_valid_for_supported_kubernetes_versions() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn self_mode_webhooks_rbac_and_server_flags() {
-    let Some(helm) = Helm::new("self_mode_webhooks_rbac_and_server_flags") else {
-        return;
-    };
+    let helm = Helm::new();
     let r = helm.objects(&[]);
 
     // Validating: pods, workloads, cronjobs; CREATE and UPDATE; only objects with a Tailscale image.
@@ -442,10 +421,12 @@ fn self_mode_webhooks_rbac_and_server_flags() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn deployment_is_highly_available_and_locked_down() {
-    let Some(helm) = Helm::new("deployment_is_highly_available_and_locked_down") else {
-        return;
-    };
+    let helm = Helm::new();
     let r = helm.objects(&[]);
     let deployment = r.one("Deployment", Some(FULLNAME));
     assert_eq!(deployment["spec"]["replicas"], 2);
@@ -525,10 +506,12 @@ fn deployment_is_highly_available_and_locked_down() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn cert_manager_mode_issues_the_serving_certificate_and_injects_the_ca() {
-    let Some(helm) = Helm::new("cert_manager_mode_issues_the_serving_certificate_and_injects_the_ca") else {
-        return;
-    };
+    let helm = Helm::new();
     let r = helm.objects(&["certificates.mode=cert-manager"]);
     let serving = format!("{FULLNAME}-serving");
     for kind in [VALIDATE, MUTATE] {
@@ -599,10 +582,12 @@ fn cert_manager_mode_issues_the_serving_certificate_and_injects_the_ca() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn secret_mode_sets_the_ca_bundle_and_mounts_the_secret() {
-    let Some(helm) = Helm::new("secret_mode_sets_the_ca_bundle_and_mounts_the_secret") else {
-        return;
-    };
+    let helm = Helm::new();
     let r = helm.objects(SECRET_SETS);
     for kind in [VALIDATE, MUTATE] {
         assert!(r.one(kind, None)["metadata"].get("annotations").is_none(), "{kind}");
@@ -626,18 +611,16 @@ fn secret_mode_sets_the_ca_bundle_and_mounts_the_secret() {
 
 /// The documented workflow: `tailguard certs` writes ca-bundle.txt, `--set-file` passes it.
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn secret_mode_takes_the_ca_bundle_from_tailguard_certs() {
-    let Some(helm) = Helm::new("secret_mode_takes_the_ca_bundle_from_tailguard_certs") else {
-        return;
-    };
+    let helm = Helm::new();
     let dir = TempDir::new("certs");
     let out_dir = dir.join("certs");
-    let out = Command::new(env!("CARGO_BIN_EXE_tailguard"))
-        .args(["certs", "--out"])
-        .arg(&out_dir)
-        .args(["--dns", &format!("{FULLNAME}.{NAMESPACE}.svc")])
-        .output()
-        .expect("run tailguard certs");
+    let dns = format!("{FULLNAME}.{NAMESPACE}.svc");
+    let out = support::run_cli(&["certs", "--out", support::path_str(&out_dir), "--dns", &dns], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bundle_file = out_dir.join("ca-bundle.txt");
     let bundle = std::fs::read_to_string(&bundle_file).expect("ca-bundle.txt");
@@ -657,10 +640,12 @@ fn secret_mode_takes_the_ca_bundle_from_tailguard_certs() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn webhook_url_replaces_the_service() {
-    let Some(helm) = Helm::new("webhook_url_replaces_the_service") else {
-        return;
-    };
+    let helm = Helm::new();
     for (url, sets) in [
         ("https://10.1.2.3:8443", &["webhook.url=https://10.1.2.3:8443"][..]),
         ("https://10.1.2.3:8443", URL_SECRET_SETS),
@@ -683,10 +668,12 @@ fn webhook_url_replaces_the_service() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn values_reach_the_webhook_configurations() {
-    let Some(helm) = Helm::new("values_reach_the_webhook_configurations") else {
-        return;
-    };
+    let helm = Helm::new();
     let r = helm.objects(&[
         "webhook.timeoutSeconds=12",
         "webhook.validating.failurePolicy=Ignore",
@@ -724,10 +711,12 @@ fn values_reach_the_webhook_configurations() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn schema_rejects_bad_values() {
-    let Some(helm) = Helm::new("schema_rejects_bad_values") else {
-        return;
-    };
+    let helm = Helm::new();
     let cases: &[(&[&str], &str)] = &[
         (&["certificates.mode=bogus"], "/certificates/mode"),
         (
@@ -816,10 +805,12 @@ fn chart_version_follows_the_crate() {
 
 /// The rendered policy file is one the server accepts, and never injects into the release namespace.
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn policy_config_is_accepted_by_the_server() {
-    let Some(helm) = Helm::new("policy_config_is_accepted_by_the_server") else {
-        return;
-    };
+    let helm = Helm::new();
     let config_of = |r: &Rendered| -> String {
         r.one("ConfigMap", Some(FULLNAME))["data"]["config.yaml"]
             .as_str()
@@ -879,10 +870,12 @@ config:
 
 /// The rendered chart piped into `tailguard check -` (it holds no Tailscale workload).
 #[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
 fn rendered_chart_passes_tailguard_check() {
-    let Some(helm) = Helm::new("rendered_chart_passes_tailguard_check") else {
-        return;
-    };
+    let helm = Helm::new();
     for (label, sets) in MODES {
         let out = check_stdin(&helm.template(sets));
         assert_eq!(
@@ -929,7 +922,7 @@ fn check_stdin(input: &str) -> Output {
     support::run_cli(&["check", "-"], Some(input))
 }
 
-/// The chart's fallback policy is exactly `tailguard policy export`, named per release.
+/// The chart's fallback policy file is exactly `tailguard policy export`.
 #[test]
 fn fallback_policy_matches_policy_export() {
     let file = std::fs::read_to_string(format!("{CHART}/files/fallback-policy.yaml")).expect("fallback-policy.yaml");
@@ -938,9 +931,16 @@ fn fallback_policy_matches_policy_export() {
         file, exported,
         "charts/tailguard/files/fallback-policy.yaml is stale: regenerate it with `tailguard policy export -o charts/tailguard/files/fallback-policy.yaml`"
     );
-    let Some(helm) = Helm::new("fallback_policy_matches_policy_export") else {
-        return;
-    };
+}
+
+/// The chart renders the fallback policy only when asked, named per release.
+#[test]
+#[cfg_attr(
+    not(has_helm),
+    ignore = "needs helm (HELM_BIN): scripts/install-tools.sh, or run scripts/test.sh"
+)]
+fn fallback_policy_renders_on_request_named_per_release() {
+    let helm = Helm::new();
     let off = helm.objects(&[]);
     assert!(!off.has("ValidatingAdmissionPolicy"), "the fallback is opt-in");
     let on = helm.objects(&["vapFallback.enabled=true"]);

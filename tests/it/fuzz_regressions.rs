@@ -4,7 +4,7 @@
 //! them without nightly or libFuzzer. A crash found by `scripts/fuzz.sh` is
 //! kept as `fuzz/regressions/<target>/<name>` and replayed here for good.
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod fuzz_entry;
 

@@ -10,19 +10,9 @@
 //! The oracle binary comes from scripts/build-oracle.sh (TAILGUARD_ORACLE_BIN).
 //! `TAILGUARD_ORACLE_ONLY=substring` runs the matching fixtures only.
 
-mod tools;
-
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/kube.rs"]
-mod harness;
-#[path = "support/oracle_run.rs"]
-mod oracle_run;
-
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -32,12 +22,15 @@ use tailguard::config::Config;
 use tailguard::manifest::{Document, parse_stream};
 use tailguard::rules::{Finding, Severity};
 
-use fixtures::{Header, OracleExpect, fixture_files};
-use harness::{KubeBinaries, TestCluster};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::support::fixtures::{Header, OracleExpect, fixture_files};
+use crate::support::harness::{KubeBinaries, TestCluster};
+use crate::support::{self, oracle_run};
+use crate::tools;
 
 /// How long one case may take in the oracle before it calls the pod hung.
 const CASE_TIMEOUT_SECS: u64 = 30;
@@ -87,8 +80,8 @@ impl Outcome {
     }
 }
 
-fn oracle_bin() -> Option<PathBuf> {
-    tools::tool("TAILGUARD_ORACLE_BIN", "oracle")
+fn oracle_bin() -> PathBuf {
+    tools::tool("TAILGUARD_ORACLE_BIN")
 }
 
 /// The pod a workload document creates: (metadata, spec), or None for other kinds.
@@ -302,7 +295,7 @@ fn cases_of(file: &Path, runtimes: &[&str]) -> Result<Vec<Case>, String> {
     }
     let manifest = manifest_values(&docs);
     let label_base = file
-        .strip_prefix(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+        .strip_prefix(support::repo().join("tests/fixtures"))
         .unwrap_or(file)
         .display()
         .to_string();
@@ -748,18 +741,16 @@ fn only(files: Vec<PathBuf>) -> Vec<PathBuf> {
     }
 }
 
-/// The tests of this file take turns: each runs several oracle cases at once,
-/// and together they would oversubscribe two cores and blur the timings the
-/// oracle judges hangs by.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
 fn check_dir(dirs: &[&str], runtimes: &[&str], require_expectation: bool) {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(bin) = oracle_bin() else { return };
     let files: Vec<PathBuf> = only(dirs.iter().flat_map(|d| fixture_files(d)).collect());
     if files.is_empty() && std::env::var_os("TAILGUARD_ORACLE_ONLY").is_some() {
         return;
     }
+    // Each test runs several oracle cases at once: it takes a heavy slot, so
+    // that no more than two such tests (or control planes) share the cores
+    // and blur the timings the oracle judges hangs by.
+    let _heavy = support::heavy();
+    let bin = oracle_bin();
     let mut cases = Vec::new();
     let mut failures = Vec::new();
     for file in &files {
@@ -777,12 +768,7 @@ fn check_dir(dirs: &[&str], runtimes: &[&str], require_expectation: bool) {
         }
     }
     // Every pod gets a service account and the real apiserver, as in a cluster.
-    let Some(apiserver) = tools::tool("KUBE_APISERVER_BIN", "oracle") else {
-        return;
-    };
-    let Some(etcd) = tools::tool("ETCD_BIN", "oracle") else {
-        return;
-    };
+    let (apiserver, etcd) = (tools::tool("KUBE_APISERVER_BIN"), tools::tool("ETCD_BIN"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -818,12 +804,20 @@ fn check_dir(dirs: &[&str], runtimes: &[&str], require_expectation: bool) {
 
 /// Every rule fixture: each deny reproduces a real failure, each pass really starts.
 #[test]
+#[cfg_attr(
+    not(all(has_oracle, has_kube)),
+    ignore = "needs the runtime oracle, kube-apiserver and etcd (and root): scripts/build-oracle.sh and scripts/build-kube.sh, or run scripts/test.sh"
+)]
 fn rule_fixtures_match_the_real_runtime() {
     check_dir(&["rules"], &["containerd"], true);
 }
 
 /// The incident's stages fail in the oracle as they did on the cluster; the final one runs.
 #[test]
+#[cfg_attr(
+    not(all(has_oracle, has_kube)),
+    ignore = "needs the runtime oracle, kube-apiserver and etcd (and root): scripts/build-oracle.sh and scripts/build-kube.sh, or run scripts/test.sh"
+)]
 fn incident_stages_match_the_real_runtime() {
     check_dir(&["incident"], &["containerd"], true);
 }
@@ -831,6 +825,10 @@ fn incident_stages_match_the_real_runtime() {
 /// Public manifests nobody here wrote, under both runtime profiles: `check`
 /// (told the runtime) denies exactly the ones the real binaries fail with.
 #[test]
+#[cfg_attr(
+    not(all(has_oracle, has_kube)),
+    ignore = "needs the runtime oracle, kube-apiserver and etcd (and root): scripts/build-oracle.sh and scripts/build-kube.sh, or run scripts/test.sh"
+)]
 fn realworld_corpus_matches_the_real_runtime() {
     check_dir(&["realworld"], &["containerd", "cri-o"], false);
 }

@@ -8,39 +8,24 @@ use tailguard::admission::{NamespaceSource, NoCluster, Outcome, ReviewError, Ver
 use tailguard::config::{Config, Enforcement};
 use tailguard::rules::{NamespaceFacts, RuleId, Severity};
 
+use crate::support::{self, Review, review::UID};
+
 fn fixture_object(rel: &str) -> Value {
-    let text =
-        std::fs::read_to_string(format!("{}/tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"))).expect("fixture");
-    let (docs, _) = tailguard::manifest::parse_stream(rel, &text);
-    docs.into_iter().last().expect("a document").object
+    support::documents(&format!("tests/fixtures/{rel}"))
+        .pop()
+        .expect("a document")
 }
 
+/// A review of `object` in namespace tailscale-system.
 fn review(operation: &str, object: Value) -> Vec<u8> {
-    let kind = object["kind"].as_str().unwrap_or("Pod").to_owned();
-    let group = if kind == "Pod" { "" } else { "apps" };
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": group, "version": "v1", "kind": kind},
-            "resource": {"group": group, "version": "v1", "resource": "daemonsets"},
-            "namespace": "tailscale-system",
-            "operation": operation,
-            "userInfo": {"username": "admin"},
-            "object": object,
-            "oldObject": null,
-            "dryRun": false
-        }
-    }))
-    .expect("json")
+    Review::new(operation, object).namespace("tailscale-system").to_vec()
 }
 
 fn response(body: &[u8]) -> Value {
     let v: Value = serde_json::from_slice(body).expect("response JSON");
     assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(v["kind"], "AdmissionReview");
-    assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(v["response"]["uid"], UID);
     v["response"].clone()
 }
 
@@ -216,9 +201,10 @@ fn namespace_facts_drive_pod_security_and_skip_rules() {
 }
 
 fn update_review(old: Value, new: Value) -> Vec<u8> {
-    let mut body: Value = serde_json::from_slice(&review("UPDATE", new)).expect("json");
-    body["request"]["oldObject"] = old;
-    serde_json::to_vec(&body).expect("json")
+    Review::new("UPDATE", new)
+        .namespace("tailscale-system")
+        .old_object(old)
+        .to_vec()
 }
 
 #[test]

@@ -1,44 +1,20 @@
-//! Running `tailguard-oracle run` on one case (tests/oracle.rs and
-//! tests/injection_traffic.rs). Use with
-//! `#[path = "support/oracle_run.rs"] mod oracle_run;`.
+//! Running `tailguard-oracle run` on one case (oracle.rs and
+//! injection_traffic.rs).
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
+
+use super::process;
 
 /// Runs one case and returns the oracle's outcome document. `backstop` bounds
 /// the whole run (the oracle bounds each case itself).
 pub fn run_oracle(bin: &Path, request: &Value, backstop: Duration) -> Result<Value, String> {
-    let mut child = Command::new(bin)
-        .arg("run")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     let input = serde_json::to_vec(request).map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(&input)
-        .map_err(|e| format!("write case: {e}"))?;
-    let deadline = Instant::now() + backstop;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                return Err("the oracle itself did not finish".into());
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out =
+        process::run(Command::new(bin).arg("run"), Some(&input), backstop).ok_or("the oracle itself did not finish")?;
     if !out.status.success() {
         return Err(format!(
             "oracle failed ({}): {}",

@@ -15,13 +15,15 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Namespace;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tailguard::admission::{NamespaceSource, mutate};
 use tailguard::cli::inject::inject_stream;
 use tailguard::config::Config;
 use tailguard::manifest::parse_stream;
 use tailguard::rules::{self, NamespaceFacts};
 use tailguard::workload::Workload;
+
+use crate::support::Review;
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inject");
@@ -65,21 +67,10 @@ fn objects(source: &str, text: &str) -> Vec<Value> {
     docs.into_iter().map(|d| d.object).collect()
 }
 
+const UID: &str = "c0ffee00-0000-4000-8000-000000000001";
+
 fn pod_review(pod: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "c0ffee00-0000-4000-8000-000000000001",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": pod["metadata"]["namespace"],
-            "operation": "CREATE",
-            "object": pod,
-            "dryRun": false
-        }
-    }))
-    .expect("review JSON")
+    Review::create(pod.clone()).uid(UID).to_vec()
 }
 
 /// The policy every golden case is injected with (tests/inject/config/policy.yaml).
@@ -93,7 +84,7 @@ fn webhook(pod: &Value, ns: &dyn NamespaceSource) -> Result<Option<Value>, Strin
     let reviewed = mutate(&pod_review(pod), &golden_config(), ns).map_err(|e| e.to_string())?;
     let response: Value = serde_json::from_slice(&reviewed.body).map_err(|e| e.to_string())?;
     let r = &response["response"];
-    assert_eq!(r["uid"], "c0ffee00-0000-4000-8000-000000000001");
+    assert_eq!(r["uid"], UID);
     if r["allowed"] != true {
         return Err(r["status"]["message"].as_str().unwrap_or_default().to_owned());
     }
