@@ -17,12 +17,12 @@
 # fuzz/target/corpus-work/<target>/ (git-ignored), so a run never touches the
 # committed corpus unless --minimize is given. A crash is written to
 # fuzz/artifacts/<target>/ and makes the script exit 1: copy it to
-# fuzz/regressions/<target>/ (replayed by tests/fuzz_regressions.rs) and fix it.
+# fuzz/regressions/<target>/ (replayed by tests/it/fuzz_regressions.rs) and fix it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
-# Per-target cap on the committed corpus (tests/fuzz_regressions.rs checks the total).
+# Per-target cap on the committed corpus (tests/it/fuzz_regressions.rs checks the total).
 CORPUS_CAP=${FUZZ_CORPUS_CAP:-50}
 ALL_TARGETS=(review review_structured expansion manifest)
 

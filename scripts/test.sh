@@ -4,7 +4,7 @@
 # and etcd and the runtime oracle (the real containerboot, tailscaled and
 # tailscale of the pinned release) from the Go module proxy (cached by version under
 # ${TAILGUARD_CACHE:-~/.cache/tailguard}), builds the container image twice and
-# checks the digests match (scripts/image.sh --reproducible; tests/image.rs
+# checks the digests match (scripts/image.sh --reproducible; tests/it/image.rs
 # smoke-runs it), then runs fmt, clippy and every test
 # with missing tools treated as failures, not skips, and the dependency policy
 # (scripts/deny.sh: licenses, bans, sources).
@@ -24,9 +24,9 @@ echo "test.sh: tools ready in $(( $(date +%s) - start ))s" >&2
 cargo fmt --all -- --check
 scripts/deny.sh
 # The oracle against outcomes known from running the binaries by hand, before
-# tests/oracle.rs trusts it with every verdict.
+# tests/it/oracle.rs trusts it with every verdict.
 tests/oracle/selfcheck.sh -j 2
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked --all-targets 2>&1 | tee "$log"

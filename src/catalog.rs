@@ -88,7 +88,7 @@ rules! {
 
 impl RuleId {
     /// Whether a deny from this rule claims that the real Tailscale runtime
-    /// fails (exits, never passes a probe, misbehaves): what tests/oracle.rs
+    /// fails (exits, never passes a probe, misbehaves): what tests/it/oracle.rs
     /// checks against the real binaries. The others are policy (a key in the
     /// manifest, resource limits, the image tag) or the apiserver's own
     /// refusal (Pod Security), checked elsewhere.

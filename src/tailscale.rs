@@ -340,7 +340,7 @@ pub struct UpFlag {
 }
 
 /// The flags of `tailscale up` in Tailscale 1.96 (checked against the real CLI's
-/// `--help` in tests/tailscale_cli.rs).
+/// `--help` in tests/it/tailscale_cli.rs).
 pub const UP_FLAGS: &[UpFlag] = &include!("tailscale_up_flags.in");
 
 pub fn up_flag(name: &str) -> Option<&'static UpFlag> {

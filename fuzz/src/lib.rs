@@ -1,7 +1,7 @@
 //! Fuzz entry points for tailguard, one per cargo-fuzz target.
 //!
 //! `fuzz/fuzz_targets/*.rs` call these on nightly with libFuzzer;
-//! `tests/fuzz_regressions.rs` includes this file and replays every committed
+//! `tests/it/fuzz_regressions.rs` includes this file and replays every committed
 //! input (`fuzz/corpus/<target>/*`, `fuzz/regressions/<target>/*`) through the
 //! same functions on stable, so CI runs them without cargo-fuzz.
 //!

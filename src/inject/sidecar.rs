@@ -40,7 +40,7 @@ fn field_env(name: &str, field: &str) -> EnvVar {
 }
 
 /// The sidecar container. Every pod it is injected into must pass tailguard's
-/// own rules (tests/inject.rs checks this over every case).
+/// own rules (tests/it/inject.rs checks this over every case).
 pub fn sidecar(s: &Settings, config: &Config) -> Container {
     let inj = &config.injection;
     let mut vars = vec![

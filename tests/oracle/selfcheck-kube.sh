@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # A throwaway kube-apiserver (+ etcd) on loopback for the oracle's self-check
 # cases that need one (`"kube": "selfcheck"` in the case file), like
-# tests/support/kube.rs starts for tests/oracle.rs: real binaries from
+# tests/it/support/kube.rs starts for tests/it/oracle.rs: real binaries from
 # scripts/build-kube.sh, certificates made here with openssl, RBAC on.
 # Sourced by selfcheck.sh; needs openssl, curl and jq.
 #
