@@ -293,6 +293,50 @@ async fn chunked_body_over_the_limit_is_cut_off_while_read() {
     );
 }
 
+/// Over HTTP/2 the 413 ends a stream the client has finished sending, so
+/// even clients that drop a response followed by RST_STREAM see it: curl 7.x
+/// (this machine's) reported only "error 92, stream error" before the server
+/// read and dropped the rest of the body. Past 4x the limit the stream is
+/// still reset (a Go client, such as the apiserver, reads the 413 either way).
+#[test]
+fn http2_body_over_the_limit_gets_a_413_that_curl_reads() {
+    let dir = TempDir::new("hostile-h2-413");
+    let pki = Pki::new("hostile h2 413 CA");
+    let server = serve(&pki, &dir, &["--max-body-bytes", "256Ki"]);
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, &pki.ca.cert_pem).expect("write CA");
+    let body = dir.join("body.json");
+    std::fs::write(&body, vec![b' '; 1 << 20]).expect("write body");
+    let url = format!("https://127.0.0.1:{}/validate", server.addr.port());
+    for (label, framing) in [
+        ("declared length", None),
+        ("chunked", Some("Transfer-Encoding: chunked")),
+    ] {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["--silent", "--show-error", "--http2", "--cacert"])
+            .arg(&ca)
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .args(["--write-out", "\n%{http_code} %{http_version}"]);
+        if let Some(header) = framing {
+            curl.args(["-H", header]);
+        }
+        let out = support::process::run(curl.arg(&url), None, Duration::from_secs(60))
+            .expect("curl runs (it is part of this machine kind, as for the oracle's app containers)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{label}: curl failed: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with("request body is larger than 262144 bytes"),
+            "{label}: {stdout}"
+        );
+        assert!(stdout.ends_with("\n413 2"), "{label}: {stdout}");
+    }
+}
+
 /// A TLS 1.1-only ClientHello is refused like TLS 1.0 (server_tls.rs).
 #[tokio::test]
 async fn tls_1_1_client_is_refused() {
