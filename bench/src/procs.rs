@@ -1,4 +1,4 @@
-//! Server processes (tailguard and the baseline) and what /proc says about them.
+//! Server processes (tailguard and the comparison servers) and what /proc says about them.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::servers::Kind;
+
 /// A child process killed (by its pid) and reaped when dropped.
 pub struct Proc {
     child: Child,
-    /// Held so the baseline notices when we go away.
+    /// Held so a comparison server notices when we go away.
     _stdin: Option<ChildStdin>,
 }
 
@@ -136,19 +138,21 @@ pub struct Tailguard {
 }
 
 impl Tailguard {
+    /// Starts `tailguard serve --dev` on free loopback ports and waits until
+    /// `/readyz` answers 200 (listening, and the namespace cache synced from
+    /// the fake apiserver). The ports are passed, not read from the log, so any
+    /// `log_filter` works.
     pub fn start(bin: &Path, dir: &Path, kubeconfig: &Path, log_filter: &str) -> anyhow::Result<Tailguard> {
         let certs = dir.join("certs");
         let log_path = dir.join("tailguard.log");
         let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let (addr, health) = (free_port()?, free_port()?);
         let child = Command::new(bin)
-            .args([
-                "serve",
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--health-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--dev"])
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--health-listen")
+            .arg(health.to_string())
             .arg("--certs-dir")
             .arg(&certs)
             .arg("--kubeconfig")
@@ -162,24 +166,19 @@ impl Tailguard {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut proc = Proc { child, _stdin: None };
         let started = Instant::now();
-        let (addr, health) = loop {
-            if let Some(found) = listening(&log_path) {
-                break found;
-            }
+        while http_status(health, "/readyz") != Some(200) {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 bail!("tailguard serve exited ({status}); log: {}", log_path.display());
             }
             if started.elapsed() > Duration::from_secs(30) {
                 proc.stop();
                 bail!(
-                    "tailguard serve did not listen within 30 s; log: {}",
+                    "tailguard serve was not ready within 30 s (namespace cache from the fake apiserver?); log: {}",
                     log_path.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
-        };
-        wait_ready(health, started, Duration::from_secs(30), Duration::from_millis(5))
-            .context("waiting for the namespace cache to sync with the fake apiserver")?;
+        }
         Ok(Tailguard { proc, addr, certs, log })
     }
 
@@ -189,34 +188,19 @@ impl Tailguard {
     }
 }
 
-/// The `listening` line of tailguard's JSON log: (webhook, health) addresses.
-fn listening(log: &Path) -> Option<(SocketAddr, SocketAddr)> {
-    let file = File::open(log).ok()?;
-    for line in BufReader::new(file).lines().map_while(Result::ok) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let fields = &v["fields"];
-        if fields["message"] == "listening" {
-            let addr = fields["addr"].as_str()?.parse().ok()?;
-            let health = fields["health_addr"].as_str()?.parse().ok()?;
-            return Some((addr, health));
-        }
-    }
-    None
-}
-
-/// The baseline server: this binary re-executed with `--serve-baseline`.
-pub struct Baseline {
+/// A comparison server: this binary re-executed with `--serve KIND`.
+pub struct Comparison {
+    pub kind: Kind,
     pub proc: Proc,
     pub addr: SocketAddr,
 }
 
-impl Baseline {
-    pub fn start(cert: &Path, key: &Path) -> anyhow::Result<Baseline> {
+impl Comparison {
+    pub fn start(kind: Kind, cert: &Path, key: &Path) -> anyhow::Result<Comparison> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .arg("--serve-baseline")
+            .arg("--serve")
+            .arg(kind.name())
             .arg("--cert")
             .arg(cert)
             .arg("--key")
@@ -226,15 +210,15 @@ impl Baseline {
             .stderr(Stdio::inherit())
             .spawn()?;
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().context("baseline stdout")?;
+        let stdout = child.stdout.take().context("comparison server's stdout")?;
         let mut proc = Proc { child, _stdin: stdin };
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let Some(addr) = line.trim().strip_prefix("listening ").and_then(|a| a.parse().ok()) else {
             proc.stop();
-            bail!("baseline server did not start: {line:?}");
+            bail!("{} server did not start: {line:?}", kind.name());
         };
-        Ok(Baseline { proc, addr })
+        Ok(Comparison { kind, proc, addr })
     }
 }
 
@@ -260,4 +244,72 @@ pub fn startup(bin: &Path, certs: &Path) -> anyhow::Result<Duration> {
     let took = wait_ready(health, started, Duration::from_secs(20), Duration::from_millis(1));
     proc.stop();
     took
+}
+
+/// The tailguard binary to benchmark: `explicit`, or `tailguard` next to this
+/// binary. Run through cargo (`cargo run -p tailguard-bench`), it is first
+/// built by `cargo build -p tailguard --bin tailguard` in the same profile and
+/// target directory, so it is built from the same sources, with the features
+/// the tailguard crate alone asks for (as users build it).
+pub fn server_bin(explicit: Option<&Path>, exe_dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let (profile, dir) = if cfg!(debug_assertions) {
+            ("dev", "debug")
+        } else {
+            ("release", "release")
+        };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
+        let mut build = Command::new(cargo);
+        build
+            .args([
+                "build",
+                "--quiet",
+                "--profile",
+                profile,
+                "-p",
+                "tailguard",
+                "--bin",
+                "tailguard",
+            ])
+            .arg("--manifest-path")
+            .arg(manifest);
+        // Into the directory this binary runs from (`--target-dir` given to cargo run).
+        if exe_dir.file_name() == Some(dir.as_ref())
+            && let Some(target_dir) = exe_dir.parent()
+        {
+            build.arg("--target-dir").arg(target_dir);
+        }
+        let status = build.status().context("cargo build -p tailguard --bin tailguard")?;
+        if !status.success() {
+            bail!("cargo build -p tailguard --bin tailguard failed");
+        }
+    }
+    let bin = exe_dir.join("tailguard");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p tailguard) or pass --server-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A scratch directory removed at the end.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> anyhow::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("tailguard-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -70,9 +70,11 @@ pub struct Run {
     pub others_cpu_pct: f64,
 }
 
-/// A case: medians over runs, with the spread.
+/// A case on one server and protocol: medians over runs, with the spread.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseResult {
+    /// `tailguard`, or a comparison server (`kube-rs`, `null`, `diff`).
+    pub server: String,
     pub name: String,
     pub endpoint: String,
     pub protocol: String,
@@ -118,6 +120,7 @@ fn median_u(values: impl Iterator<Item = u32>) -> u32 {
 
 impl CaseResult {
     pub fn from_runs(
+        server: &str,
         name: &str,
         endpoint: &str,
         protocol: &str,
@@ -128,6 +131,7 @@ impl CaseResult {
         let f = |g: fn(&Run) -> f64| median_f(runs.iter().map(g));
         let u = |g: fn(&Run) -> u32| median_u(runs.iter().map(g));
         CaseResult {
+            server: server.to_owned(),
             name: name.to_owned(),
             endpoint: endpoint.to_owned(),
             protocol: protocol.to_owned(),
@@ -161,28 +165,42 @@ impl CaseResult {
     }
 }
 
+/// tailguard against one comparison server, on one case and protocol.
 #[derive(Debug, Serialize)]
 pub struct Ratio {
     pub case: String,
     pub protocol: String,
-    /// tailguard rps / baseline rps (medians).
+    /// `baseline`, `floor` or `diff`.
+    pub versus: String,
+    /// The comparison server (`kube-rs`, `null`, `diff`).
+    pub server: String,
+    /// tailguard's reviews/s over the other's: the median of the per-round
+    /// ratios (in a round the servers run one after the other).
     pub rps: f64,
-    /// Per run (tailguard and baseline runs are interleaved), min and max.
-    pub rps_run_min: f64,
-    pub rps_run_max: f64,
-    /// baseline p99 / tailguard p99.
+    pub rps_min: f64,
+    pub rps_max: f64,
+    pub rps_rounds: Vec<f64>,
+    /// The other's p99 over tailguard's (medians): above 1, tailguard's is lower.
     pub p99_speedup: f64,
-    /// baseline / tailguard in-process time.
+    /// The other's in-process time over tailguard's.
     pub in_process: f64,
 }
 
+/// In-process time per review of one case.
 #[derive(Debug, Serialize)]
 pub struct InProcess {
     pub name: String,
     pub endpoint: String,
     pub bytes: usize,
     pub tailguard_us: f64,
-    pub baseline_us: f64,
+    /// By role: `baseline` (kube-rs), `floor` (null), `diff`.
+    pub others_us: BTreeMap<String, f64>,
+}
+
+impl InProcess {
+    pub fn of(&self, role: &str) -> f64 {
+        self.others_us.get(role).copied().unwrap_or(f64::NAN)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -193,6 +211,7 @@ pub struct GrowthPoint {
     pub bytes: usize,
     pub tailguard_us: f64,
     pub tailguard_us_per_kib: f64,
+    /// The kube-rs-equivalent baseline's time.
     pub baseline_us: f64,
 }
 
@@ -243,16 +262,34 @@ pub struct Target {
 pub struct Results {
     pub machine: Machine,
     pub settings: serde_json::Value,
+    /// tailguard over the wire.
     pub cases: Vec<CaseResult>,
-    pub baseline: Vec<CaseResult>,
-    /// Keyed `case/protocol`.
-    pub ratios: BTreeMap<String, Ratio>,
+    /// The comparison servers over the wire, by role (`baseline`, `floor`, `diff`).
+    pub compared: BTreeMap<String, Vec<CaseResult>>,
+    pub ratios: Vec<Ratio>,
     pub in_process: Vec<InProcess>,
     pub growth: Vec<GrowthPoint>,
     pub growth_series: Vec<GrowthSeries>,
     pub stall: Vec<Stall>,
     pub startup: Vec<Startup>,
     pub server_idle_rss_kib: u64,
-    pub baseline_idle_rss_kib: u64,
+    /// By role.
+    pub compared_idle_rss_kib: BTreeMap<String, u64>,
     pub targets: Vec<Target>,
+}
+
+impl Results {
+    /// A comparison server's result for tailguard's case `t`.
+    pub fn compared(&self, role: &str, t: &CaseResult) -> Option<&CaseResult> {
+        self.compared
+            .get(role)?
+            .iter()
+            .find(|c| c.name == t.name && c.protocol == t.protocol)
+    }
+
+    pub fn ratio(&self, role: &str, t: &CaseResult) -> Option<&Ratio> {
+        self.ratios
+            .iter()
+            .find(|r| r.versus == role && r.case == t.name && r.protocol == t.protocol)
+    }
 }
