@@ -1889,9 +1889,20 @@ async fn audit_finds_existing_violations_and_reports_them() {
             })
             .collect()
     };
-    let report = eventually(Duration::from_secs(20), "no PolicyReport in legacy", async || {
-        reports.get_opt("tailguard").await.ok().flatten()
-    })
+    // The audit runs every 300 ms: one may have run between the two creates
+    // and reported `bad` alone, so wait for a report that has seen both.
+    let report = eventually(
+        Duration::from_secs(20),
+        "no PolicyReport with both DaemonSets in legacy",
+        async || {
+            reports
+                .get_opt("tailguard")
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| !result_of(r, "bad").is_empty() && !result_of(r, "good").is_empty())
+        },
+    )
     .await;
     assert!(
         result_of(&report, "bad").contains(&"fail:literal-auth-key".to_owned()),
