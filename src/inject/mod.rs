@@ -94,7 +94,7 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
         match namespace {
             NamespaceFacts::Unknown => {
                 return Decision::Deny(format!(
-                    "tailguard cannot read namespace {ns} yet (no cluster access, or its cache has not synced), so it cannot tell whether or how to inject the Tailscale sidecar; it refuses rather than guess. Retry shortly"
+                    "tailguard cannot read namespace {ns} yet (no cluster access, its cache has not synced, or its namespace watch broke and it is listing again), so it cannot tell whether or how to inject the Tailscale sidecar; it refuses rather than guess. Retry shortly"
                 ));
             }
             // The apiserver only sends pods of opted-in namespaces (or labelled

@@ -36,10 +36,12 @@ impl Health {
         if self.resolver.current().cert.is_empty() {
             return Err("no TLS certificate loaded");
         }
-        if let Some(cache) = &self.namespaces
-            && !cache.is_ready()
-        {
-            return Err("namespace cache has not synced with the apiserver");
+        // Not ready before the first list and while the watch is broken: a
+        // replica whose namespace facts may be stale should not take traffic
+        // another replica can judge. (The kubelet's failureThreshold keeps a
+        // seconds-long apiserver restart from flipping it.)
+        if let Some(why) = self.namespaces.as_ref().and_then(|cache| cache.not_ready_reason()) {
+            return Err(why);
         }
         Ok(())
     }

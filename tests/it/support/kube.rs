@@ -163,8 +163,12 @@ pub struct TestCluster {
     pub ca: ClusterCa,
     /// From spawn to `/readyz` answering `ok`.
     pub startup: Duration,
+    /// How the apiserver was started, to start it again the same way.
+    apiserver_bin: PathBuf,
+    apiserver_args: Vec<String>,
+    apiserver_starts: usize,
     // Field order is drop order: processes die before their directory goes.
-    watchdog: Option<Child>,
+    watchdogs: Vec<Child>,
     apiserver: Proc,
     etcd: Proc,
     pub dir: TempDir,
@@ -174,10 +178,15 @@ impl TestCluster {
     /// Starts etcd and the apiserver (retrying with new ports if one was taken
     /// meanwhile) and waits for `/readyz`.
     pub async fn start(bins: &KubeBinaries, label: &str) -> TestCluster {
+        Self::start_with(bins, label, &[]).await
+    }
+
+    /// Same, with more kube-apiserver flags.
+    pub async fn start_with(bins: &KubeBinaries, label: &str, apiserver_flags: &[&str]) -> TestCluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut failures = Vec::new();
         for _attempt in 0..3 {
-            match Self::try_start(bins, label).await {
+            match Self::try_start(bins, label, apiserver_flags).await {
                 Ok(cluster) => return cluster,
                 Err(why) => {
                     eprintln!("cluster start-up failed, retrying with new ports: {why}");
@@ -188,7 +197,7 @@ impl TestCluster {
         panic!("the test cluster did not start:\n{}", failures.join("\n\n"));
     }
 
-    async fn try_start(bins: &KubeBinaries, label: &str) -> Result<TestCluster, String> {
+    async fn try_start(bins: &KubeBinaries, label: &str, apiserver_flags: &[&str]) -> Result<TestCluster, String> {
         let started = Instant::now();
         let dir = TempDir::new(&format!("e2e-{label}"));
         let ca = ClusterCa::new();
@@ -225,75 +234,95 @@ impl TestCluster {
         )
         .tail_on_panic(10);
         let path = |p: &Path| p.display().to_string();
+        let mut apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={secure_port}"),
+            format!("--tls-cert-file={}", path(&tls_cert)),
+            format!("--tls-private-key-file={}", path(&tls_key)),
+            format!("--client-ca-file={}", path(&ca_file)),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", path(&sa_public)),
+            format!("--service-account-signing-key-file={}", path(&sa_private)),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            "--allow-privileged=true".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            format!("--cert-dir={}", path(&dir.join("apiserver-certs"))),
+        ];
+        apiserver_args.extend(apiserver_flags.iter().map(|f| f.to_string()));
         let mut apiserver = Proc::spawn(
             "kube-apiserver",
-            Command::new(&bins.apiserver)
-                .arg(format!("--etcd-servers={etcd_url}"))
-                .arg("--bind-address=127.0.0.1")
-                .arg("--advertise-address=127.0.0.1")
-                .arg(format!("--secure-port={secure_port}"))
-                .arg(format!("--tls-cert-file={}", path(&tls_cert)))
-                .arg(format!("--tls-private-key-file={}", path(&tls_key)))
-                .arg(format!("--client-ca-file={}", path(&ca_file)))
-                .arg("--service-account-issuer=https://kubernetes.default.svc")
-                .arg(format!("--service-account-key-file={}", path(&sa_public)))
-                .arg(format!("--service-account-signing-key-file={}", path(&sa_private)))
-                .arg("--service-cluster-ip-range=10.0.0.0/24")
-                .arg("--authorization-mode=RBAC")
-                .arg("--allow-privileged=true")
-                .arg("--endpoint-reconciler-type=none")
-                .arg("--disable-admission-plugins=ServiceAccount")
-                .arg(format!("--cert-dir={}", path(&dir.join("apiserver-certs")))),
+            Command::new(&bins.apiserver).args(&apiserver_args),
             dir.join("kube-apiserver.log"),
         );
-        let watchdog = watchdog(&[etcd.pid(), apiserver.pid()]);
+        let watchdogs = watchdog(&[etcd.pid(), apiserver.pid()]).into_iter().collect();
         let server = format!("https://127.0.0.1:{secure_port}");
         let (admin_cert, admin_key) = ca.client("tailguard-e2e-admin", &["system:masters"]);
         let kubeconfig = dir.join("admin.kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &ca.cert_pem, "admin", &admin_cert, &admin_key);
         let client = client_from_kubeconfig(&kubeconfig).await;
 
-        let deadline = Instant::now() + STARTUP_PATIENCE;
-        let mut last;
-        loop {
-            let request = axum::http::Request::get("/readyz").body(Vec::new()).expect("request");
-            match tokio::time::timeout(Duration::from_secs(5), client.request_text(request)).await {
-                Ok(Ok(body)) if body.trim() == "ok" => break,
-                Ok(Ok(body)) => last = body,
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out".into(),
-            }
-            for p in [&mut etcd, &mut apiserver] {
-                if let Some(status) = p.exited() {
-                    return Err(format!("{} exited ({status}):\n{}", p.name, p.log_tail(30)));
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "kube-apiserver not ready after {STARTUP_PATIENCE:?}: {last}\n{}",
-                    apiserver.log_tail(30)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_apiserver_ready(&client, &mut etcd, &mut apiserver).await?;
         Ok(TestCluster {
             server,
             kubeconfig,
             client,
             ca,
             startup: started.elapsed(),
-            watchdog,
+            apiserver_bin: bins.apiserver.clone(),
+            apiserver_args,
+            apiserver_starts: 1,
+            watchdogs,
             apiserver,
             etcd,
             dir,
         })
     }
 
+    /// Kills kube-apiserver (SIGKILL), waits `down_for`, starts it again with
+    /// the same flags and port, and returns how long it took to be ready.
+    /// Clients (and tailguard's watches) see their connections drop.
+    pub async fn restart_apiserver(&mut self, down_for: Duration) -> Duration {
+        self.apiserver.kill();
+        tokio::time::sleep(down_for).await;
+        self.apiserver_starts += 1;
+        let started = Instant::now();
+        self.apiserver = Proc::spawn(
+            "kube-apiserver",
+            Command::new(&self.apiserver_bin).args(&self.apiserver_args),
+            self.dir.join(format!("kube-apiserver-{}.log", self.apiserver_starts)),
+        );
+        self.watchdogs.extend(watchdog(&[self.apiserver.pid()]));
+        if let Err(why) = wait_apiserver_ready(&self.client, &mut self.etcd, &mut self.apiserver).await {
+            panic!("kube-apiserver did not come back: {why}");
+        }
+        started.elapsed()
+    }
+
+    /// Stops etcd with SIGSTOP (the process keeps its sockets; every request
+    /// to it hangs) until [`TestCluster::resume_etcd`].
+    pub fn pause_etcd(&self) {
+        assert!(self.etcd.signal("STOP"), "SIGSTOP etcd");
+    }
+
+    /// SIGCONT to etcd.
+    pub fn resume_etcd(&self) {
+        assert!(self.etcd.signal("CONT"), "SIGCONT etcd");
+    }
+
     /// A kubeconfig (written into the cluster directory) for `user` in `groups`.
     pub fn kubeconfig_for(&self, file: &str, user: &str, groups: &[&str]) -> PathBuf {
+        self.kubeconfig_for_server(file, &self.server, user, groups)
+    }
+
+    /// Same, reaching the apiserver at `server` (a relay on 127.0.0.1).
+    pub fn kubeconfig_for_server(&self, file: &str, server: &str, user: &str, groups: &[&str]) -> PathBuf {
         let (cert, key) = self.ca.client(user, groups);
         let path = self.dir.join(file);
-        write_kubeconfig(&path, &self.server, &self.ca.cert_pem, user, &cert, &key);
+        write_kubeconfig(&path, server, &self.ca.cert_pem, user, &cert, &key);
         path
     }
 
@@ -307,10 +336,38 @@ impl Drop for TestCluster {
         // (The processes print their logs' last lines if the test panicked.)
         self.apiserver.kill();
         self.etcd.kill();
-        if let Some(w) = self.watchdog.as_mut() {
+        for w in &mut self.watchdogs {
             let _ = w.kill();
             let _ = w.wait();
         }
+    }
+}
+
+/// Polls the apiserver's `/readyz` until it answers `ok`, failing if either
+/// process exits or [`STARTUP_PATIENCE`] passes.
+async fn wait_apiserver_ready(client: &kube::Client, etcd: &mut Proc, apiserver: &mut Proc) -> Result<(), String> {
+    let deadline = Instant::now() + STARTUP_PATIENCE;
+    let mut last;
+    loop {
+        let request = axum::http::Request::get("/readyz").body(Vec::new()).expect("request");
+        match tokio::time::timeout(Duration::from_secs(5), client.request_text(request)).await {
+            Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+            Ok(Ok(body)) => last = body,
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+        for p in [&mut *etcd, &mut *apiserver] {
+            if let Some(status) = p.exited() {
+                return Err(format!("{} exited ({status}):\n{}", p.name, p.log_tail(30)));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "kube-apiserver not ready after {STARTUP_PATIENCE:?}: {last}\n{}",
+                apiserver.log_tail(30)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -28,6 +28,9 @@ use crate::support::harness::{self, KubeBinaries, Output, TestCluster, Webhook, 
 use crate::support::{BIN, HeavySlot, documents, read, repo};
 use crate::tools;
 
+mod faults;
+mod relay;
+
 const RELEASE: &str = "t";
 const RELEASE_NAMESPACE: &str = "tailguard";
 
@@ -50,6 +53,8 @@ struct Env {
     barriers: AtomicUsize,
     /// How tailguard was started: its kubeconfig, policy and flags.
     serve: (PathBuf, String, Vec<String>),
+    /// Between tailguard and the apiserver, if [`Setup::relayed`].
+    relay: Option<relay::Relay>,
     /// Dropped last: the slot is free once the processes are gone.
     _heavy: HeavySlot,
 }
@@ -59,6 +64,8 @@ struct Env {
 struct Setup<'a> {
     values: &'a [(&'a str, &'a str)],
     serve_args: &'a [&'a str],
+    /// tailguard reaches the apiserver through a [`relay::Relay`] the test can cut.
+    relayed: bool,
 }
 
 impl Env {
@@ -82,8 +89,13 @@ impl Env {
         let placeholder = render(&helm, &values, "https://127.0.0.1:1", "cGxhY2Vob2xkZXI=");
         harness::apply_rbac(&cluster.client, &placeholder).await;
         let user = harness::service_account_user(&placeholder);
-        let kubeconfig = cluster.kubeconfig_for(
+        let relay = match setup.relayed {
+            true => Some(relay::Relay::start(&cluster.server).await),
+            false => None,
+        };
+        let kubeconfig = cluster.kubeconfig_for_server(
             "tailguard.kubeconfig",
+            &relay.as_ref().map_or_else(|| cluster.server.clone(), relay::Relay::url),
             &user,
             &["system:serviceaccounts", "system:serviceaccounts:tailguard"],
         );
@@ -99,6 +111,7 @@ impl Env {
             values,
             barriers: AtomicUsize::new(0),
             serve,
+            relay,
             _heavy: heavy,
         };
         env.register(&[]).await;
@@ -1817,6 +1830,7 @@ async fn audit_finds_existing_violations_and_reports_them() {
     let setup = Setup {
         values: &values,
         serve_args: &["--audit-interval", "300ms", "--policy-reports"],
+        ..Setup::default()
     };
     let env = Env::start("audit_finds_existing_violations_and_reports_them", setup).await;
     // The chart's CRD, as `helm install` would create it.
