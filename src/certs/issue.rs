@@ -46,7 +46,8 @@ pub fn generate_ca(common_name: &str, validity: Duration) -> Result<CaPem, CertE
 }
 
 /// A new serving certificate (ECDSA P-256, `serverAuth`) for `dns_names` and
-/// `ips`, signed by `ca`, valid from an hour ago for `validity`.
+/// `ips`, signed by `ca`, valid from its CA's start (or an hour ago, if
+/// earlier) until `validity` from now.
 ///
 /// The result is checked against `ca` before it is returned, so a CA key that
 /// does not belong to the CA certificate is an error, not a useless certificate.
@@ -85,6 +86,18 @@ pub fn issue_serving_cert(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, validity);
+    // Valid from its CA's start, not only from an hour ago: issued on a clock
+    // stepped forward (this node's, not the apiserver's), it would otherwise be
+    // "not yet valid" to the apiserver. The key is new, so the earlier start
+    // grants nothing; the certificate is valid on any clock its CA is valid on.
+    if let Ok(ca_info) = super::CertInfo::parse(&ca_der)
+        && let Ok(since_epoch) = ca_info.not_before.duration_since(UNIX_EPOCH)
+    {
+        let ca_start = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+        if ca_start < params.not_before {
+            params.not_before = ca_start;
+        }
+    }
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let issued = CertPem {
@@ -243,5 +256,35 @@ mod tests {
             key_pem: other.key_pem,
         };
         assert!(issue_serving_cert(&mixed, &["localhost"], &[], Duration::from_secs(3600)).is_err());
+    }
+
+    #[test]
+    fn serving_certificate_starts_with_its_ca() {
+        // A CA made long ago (a clock stepped forward since then issues the
+        // serving certificate): the certificate is valid from the CA's start.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let ca = CaPem {
+            cert_pem: params.self_signed(&key).unwrap().pem(),
+            key_pem: key.serialize_pem(),
+        };
+        let cert = issue_serving_cert(&ca, &["localhost"], &[], Duration::from_secs(3600)).unwrap();
+        let info = crate::certs::CertInfo::parse(&first_cert(cert.cert_pem.as_bytes()).unwrap()).unwrap();
+        let start = UNIX_EPOCH + Duration::from_secs(1_577_836_800); // 2020-01-01
+        assert_eq!(info.not_before, start);
+        assert!(info.not_after > SystemTime::now());
+        // A fresh CA starts an hour ago, like the certificates it issues.
+        let fresh = generate_ca("fresh", Duration::from_secs(3600 * 48)).unwrap();
+        let cert = issue_serving_cert(&fresh, &["localhost"], &[], Duration::from_secs(3600)).unwrap();
+        let info = crate::certs::CertInfo::parse(&first_cert(cert.cert_pem.as_bytes()).unwrap()).unwrap();
+        let age = SystemTime::now().duration_since(info.not_before).unwrap();
+        assert!(
+            age >= BACKDATE - Duration::from_secs(5) && age <= BACKDATE + Duration::from_secs(120),
+            "{age:?}"
+        );
     }
 }

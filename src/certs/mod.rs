@@ -30,7 +30,7 @@ pub use secret::{
     Reissue, SELF_CA_NAME, SELF_CA_VALIDITY, SELF_CERT_VALIDITY, SecretCerts, SecretData, SecretPlan, carry_out,
     check_name, issue_for_names,
 };
-pub use secret_plan::plan_secret;
+pub use secret_plan::{bundle_union, plan_secret};
 pub use x509::{CertInfo, unix_seconds};
 
 /// File names `tailguard serve --dev` (and `tailguard certs`) use in the certificate directory.

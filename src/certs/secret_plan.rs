@@ -201,6 +201,21 @@ fn unique(names: &[String]) -> Vec<String> {
 }
 
 /// A DER certificate as PEM.
+/// The certificates of `first`, then those of `also` that `first` lacks (PEM):
+/// the caBundle that trusts both while serving moves from one CA to the other.
+/// Unreadable blocks are dropped.
+pub fn bundle_union(first: &str, also: &str) -> String {
+    let mut seen: Vec<CertificateDer<'static>> = Vec::new();
+    for pem in [first, also] {
+        for der in CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok) {
+            if !seen.contains(&der) {
+                seen.push(der);
+            }
+        }
+    }
+    seen.iter().map(|der| pem_encode(der)).collect()
+}
+
 fn pem_encode(der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
@@ -469,5 +484,23 @@ mod tests {
             assert_eq!(only.len(), 1);
             only.into_iter().next().unwrap().unwrap()
         });
+    }
+
+    #[test]
+    fn bundle_union_keeps_order_and_drops_repeats() {
+        let (a, b) = (
+            generate_ca("a", SELF_CA_VALIDITY).unwrap().cert_pem,
+            generate_ca("b", SELF_CA_VALIDITY).unwrap().cert_pem,
+        );
+        let both = bundle_union(&a, &b);
+        let ders: Vec<_> = CertificateDer::pem_slice_iter(both.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            ders,
+            [first_cert(a.as_bytes()).unwrap(), first_cert(b.as_bytes()).unwrap()]
+        );
+        assert_eq!(bundle_union(&both, &a), both);
+        assert_eq!(bundle_union(&a, "garbage"), bundle_union(&a, ""));
     }
 }

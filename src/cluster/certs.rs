@@ -27,6 +27,10 @@ use crate::certs::{self, SecretCerts, SecretData, SecretPlan};
 pub const FIELD_MANAGER: &str = "tailguard";
 /// How many read-decide-write rounds one sync tries when it keeps losing races.
 const ROUNDS: usize = 5;
+/// For how many checks after a CA change the caBundle still trusts the old CA:
+/// the check that saw the change and the next one, by which every other
+/// replica (checking at the same interval) has seen it too.
+const OVERLAP_SYNCS: usize = 2;
 
 /// What `serve --cert-secret` manages.
 #[derive(Debug, Clone)]
@@ -119,6 +123,9 @@ pub enum SecretAction {
     Renewed,
     /// A new CA (the old one unusable or due for rotation).
     NewCa,
+    /// The Secret was deleted or unusable while this replica held good
+    /// certificates: those were written back (no new CA, caBundle unchanged).
+    Restored,
 }
 
 impl SecretAction {
@@ -129,6 +136,7 @@ impl SecretAction {
             SecretAction::Reissued => "reissued",
             SecretAction::Renewed => "renewed",
             SecretAction::NewCa => "new-ca",
+            SecretAction::Restored => "restored",
         }
     }
 }
@@ -148,7 +156,16 @@ pub struct Ensured {
 /// A lost race (the create answered AlreadyExists, the update Conflict) is
 /// logged and followed by a re-read, so every replica ends up with what the
 /// winner wrote. Every decision is logged.
-pub async fn ensure_secret<S: SecretStore>(store: &S, names: &[String]) -> anyhow::Result<Ensured> {
+///
+/// `held` is what this replica serves (none at start). When the Secret is
+/// gone or unusable but `held` is still good, `held` is written back: a new
+/// CA would leave the caBundle and every other replica on the old one until
+/// their next check, failing admissions meanwhile.
+pub async fn ensure_secret<S: SecretStore>(
+    store: &S,
+    names: &[String],
+    held: Option<&SecretCerts>,
+) -> anyhow::Result<Ensured> {
     let target = store.describe();
     let mut lost_races = 0;
     for _ in 0..ROUNDS {
@@ -157,33 +174,52 @@ pub async fn ensure_secret<S: SecretStore>(store: &S, names: &[String]) -> anyho
             .await
             .map_err(|e| concise(e, &format!("cannot read Secret {target}")))?;
         let data = current.as_ref().map(secret_data);
-        let plan = certs::plan_secret(data.as_ref(), names, SystemTime::now());
-        let certs = certs::carry_out(&plan, names).context("cannot generate certificates")?;
-        let (decision, result) = match (&plan, current) {
-            (SecretPlan::Reuse(_), _) => {
-                tracing::debug!(secret = %target, decision = "reused", "certificate Secret is good as it is");
-                return Ok(Ensured {
-                    certs,
-                    action: SecretAction::Reused,
-                    lost_races,
-                });
-            }
-            (SecretPlan::Create, _) => (SecretAction::Created, store.create(&new_secret(store, &certs)).await),
-            (_, None) => anyhow::bail!("internal error: a plan to update a Secret that does not exist"),
-            (plan, Some(mut secret)) => {
-                let decision = match plan {
-                    SecretPlan::NewCa { .. } => SecretAction::NewCa,
-                    SecretPlan::Reissue {
-                        reason: certs::Reissue::Expiring { .. },
-                        ..
-                    } => SecretAction::Renewed,
-                    _ => SecretAction::Reissued,
-                };
+        let now = SystemTime::now();
+        let plan = certs::plan_secret(data.as_ref(), names, now);
+        if let SecretPlan::Reuse(_) = plan {
+            let certs = certs::carry_out(&plan, names).context("cannot read the certificates")?;
+            tracing::debug!(secret = %target, decision = "reused", "certificate Secret is good as it is");
+            return Ok(Ensured {
+                certs,
+                action: SecretAction::Reused,
+                lost_races,
+            });
+        }
+        let restore =
+            held.filter(|h| matches!(certs::plan_secret(Some(&h.to_data()), names, now), SecretPlan::Reuse(_)));
+        let (decision, certs) = match (restore, &plan) {
+            (Some(held), _) => (SecretAction::Restored, held.clone()),
+            (None, SecretPlan::Create) => (
+                SecretAction::Created,
+                certs::carry_out(&plan, names).context("cannot generate certificates")?,
+            ),
+            (None, SecretPlan::NewCa { .. }) => (
+                SecretAction::NewCa,
+                certs::carry_out(&plan, names).context("cannot generate certificates")?,
+            ),
+            (
+                None,
+                SecretPlan::Reissue {
+                    reason: certs::Reissue::Expiring { .. },
+                    ..
+                },
+            ) => (
+                SecretAction::Renewed,
+                certs::carry_out(&plan, names).context("cannot generate certificates")?,
+            ),
+            (None, _) => (
+                SecretAction::Reissued,
+                certs::carry_out(&plan, names).context("cannot generate certificates")?,
+            ),
+        };
+        let result = match current {
+            None => store.create(&new_secret(store, &certs)).await,
+            Some(mut secret) => {
                 let data = secret.data.get_or_insert_with(BTreeMap::new);
                 for (key, value) in certs.to_data() {
                     data.insert(key, ByteString(value));
                 }
-                (decision, store.replace(&secret).await)
+                store.replace(&secret).await
             }
         };
         match result {
@@ -206,9 +242,10 @@ pub async fn ensure_secret<S: SecretStore>(store: &S, names: &[String]) -> anyho
                 );
             }
             Err(e) => {
-                let doing = match decision {
-                    SecretAction::Created => "create",
-                    _ => "update",
+                let doing = if decision == SecretAction::Created {
+                    "create"
+                } else {
+                    "update"
                 };
                 return Err(concise(e, &format!("cannot {doing} Secret {target}")));
             }
@@ -242,7 +279,10 @@ fn log_decision(target: &str, decision: SecretAction, plan: &SecretPlan, written
             .unwrap_or_default()
     };
     let (ca_not_after, not_after) = (expires(&written.ca.cert_pem), expires(&written.serving.cert_pem));
-    let reason = plan.reason();
+    let reason = match plan {
+        SecretPlan::Create => "the Secret does not exist".to_string(),
+        other => other.reason(),
+    };
     match decision {
         SecretAction::Created => tracing::info!(
             secret = %target, decision = decision.as_str(), ca_not_after, not_after,
@@ -260,6 +300,10 @@ fn log_decision(target: &str, decision: SecretAction, plan: &SecretPlan, written
         SecretAction::NewCa => tracing::warn!(
             secret = %target, decision = decision.as_str(), %reason, ca_not_after, not_after,
             "generated a new CA (the previous one stays in the caBundle while it is valid)"
+        ),
+        SecretAction::Restored => tracing::warn!(
+            secret = %target, decision = decision.as_str(), found = %reason, ca_not_after, not_after,
+            "the certificate Secret was deleted or unusable; wrote back the certificates this replica serves"
         ),
     }
 }
@@ -302,6 +346,12 @@ fn new_secret<S: SecretStore>(store: &S, certs: &SecretCerts) -> Secret {
 /// then every `interval`. `install` receives the Secret's certificates after
 /// every successful sync (it writes them out and swaps the served certificate
 /// when they changed).
+///
+/// The caBundles are set before a certificate is served: when the CA changes
+/// (the Secret replaced by another replica's, a CA rotation), the bundle
+/// trusts the old and the new CA for [`OVERLAP_SYNCS`] checks, so neither
+/// this replica's new certificate nor another replica's old one (until its
+/// own next check) is ever refused by the apiserver.
 pub async fn run(
     client: kube::Client,
     config: SelfCerts,
@@ -309,47 +359,59 @@ pub async fn run(
 ) {
     let store = KubeSecret::new(client.clone(), &config.namespace, &config.secret);
     let started = Instant::now();
-    let mut ready = false;
+    let mut held: Option<SecretCerts> = None;
+    // The CA(s) served before the last change, and for how many more checks to trust them.
+    let mut overlap: Option<(String, usize)> = None;
     let mut backoff = Duration::from_millis(250);
     // Last logged state per webhook configuration name, to log changes only.
     let mut bundle_states: BTreeMap<String, Bundle> = BTreeMap::new();
     loop {
-        let wait = match ensure_secret(&store, &config.names).await {
-            Ok(ensured) => match install(&ensured.certs) {
-                Ok(()) => {
-                    if !ready {
-                        ready = true;
-                        tracing::info!(
-                            secret = %store.describe(),
-                            decision = ensured.action.as_str(),
-                            lost_races = ensured.lost_races,
-                            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                            "self-managed certificates in place"
-                        );
+        let wait = match ensure_secret(&store, &config.names, held.as_ref()).await {
+            Ok(ensured) => {
+                if let Some(old) = held.as_ref().filter(|old| old.ca.cert_pem != ensured.certs.ca.cert_pem) {
+                    overlap = Some((old.ca.cert_pem.clone(), OVERLAP_SYNCS));
+                }
+                let bundle = match &overlap {
+                    Some((old, _)) => certs::bundle_union(&ensured.certs.ca.cert_pem, old),
+                    None => ensured.certs.ca.cert_pem.clone(),
+                };
+                for name in &config.webhooks {
+                    let state = sync_ca_bundle(&client, name, &bundle).await;
+                    if bundle_states.get(name) != Some(&state) {
+                        state.log(name, config.interval);
                     }
-                    for name in &config.webhooks {
-                        let state = sync_ca_bundle(&client, name, &ensured.certs.ca.cert_pem).await;
-                        if bundle_states.get(name) != Some(&state) {
-                            state.log(name, config.interval);
+                    bundle_states.insert(name.clone(), state);
+                }
+                overlap = overlap.and_then(|(old, left)| (left > 1).then(|| (old, left - 1)));
+                match install(&ensured.certs) {
+                    Ok(()) => {
+                        if held.is_none() {
+                            tracing::info!(
+                                secret = %store.describe(),
+                                decision = ensured.action.as_str(),
+                                lost_races = ensured.lost_races,
+                                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                                "self-managed certificates in place"
+                            );
                         }
-                        bundle_states.insert(name.clone(), state);
+                        held = Some(ensured.certs);
+                        backoff = Duration::from_millis(250);
+                        config.interval
                     }
-                    backoff = Duration::from_millis(250);
-                    config.interval
+                    Err(e) => {
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            "cannot install the certificates from the Secret"
+                        );
+                        next_backoff(&mut backoff, config.interval)
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        "cannot install the certificates from the Secret"
-                    );
-                    next_backoff(&mut backoff, config.interval)
-                }
-            },
+            }
             Err(e) => {
                 tracing::warn!(
                     secret = %store.describe(),
                     error = format!("{e:#}"),
-                    ready,
+                    ready = held.is_some(),
                     "certificate Secret sync failed; retrying"
                 );
                 next_backoff(&mut backoff, config.interval)
@@ -409,5 +471,82 @@ mod tests {
             ["ca.crt", "ca.key", "tls.crt", "tls.key"]
         );
         assert_eq!(data, certs.to_data());
+    }
+
+    /// A Secret kept in memory.
+    #[derive(Default)]
+    struct Memory(std::sync::Mutex<Option<Secret>>);
+
+    impl Memory {
+        fn set(&self, secret: Option<Secret>) {
+            *self.0.lock().unwrap() = secret;
+        }
+        fn data(&self) -> Option<SecretData> {
+            self.0.lock().unwrap().as_ref().map(secret_data)
+        }
+    }
+
+    impl SecretStore for Memory {
+        async fn get(&self) -> kube::Result<Option<Secret>> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        async fn create(&self, s: &Secret) -> kube::Result<Secret> {
+            self.set(Some(s.clone()));
+            Ok(s.clone())
+        }
+        async fn replace(&self, s: &Secret) -> kube::Result<Secret> {
+            self.set(Some(s.clone()));
+            Ok(s.clone())
+        }
+        fn namespace(&self) -> &str {
+            "tailguard"
+        }
+        fn name(&self) -> &str {
+            "tg-certs"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_or_damaged_secret_gets_the_held_certificates_back() {
+        let names = ["localhost".to_string()];
+        let store = Memory::default();
+        let first = ensure_secret(&store, &names, None).await.unwrap();
+        assert_eq!(first.action, SecretAction::Created);
+        let held = first.certs;
+
+        // Deleted: written back as it was, no new CA.
+        store.set(None);
+        let again = ensure_secret(&store, &names, Some(&held)).await.unwrap();
+        assert_eq!(again.action, SecretAction::Restored);
+        assert_eq!(again.certs, held);
+        assert_eq!(store.data(), Some(held.to_data()));
+
+        // Edited to garbage: the same.
+        let mut garbled = store.0.lock().unwrap().clone().unwrap();
+        for key in ["tls.crt", "ca.key"] {
+            garbled
+                .data
+                .as_mut()
+                .unwrap()
+                .insert(key.into(), ByteString(b"garbage".to_vec()));
+        }
+        store.set(Some(garbled));
+        let again = ensure_secret(&store, &names, Some(&held)).await.unwrap();
+        assert_eq!(again.action, SecretAction::Restored);
+        assert_eq!(store.data(), Some(held.to_data()));
+
+        // Replaced by another good pair (another replica's): adopted, not overwritten.
+        let other = certs::carry_out(&SecretPlan::Create, &names).unwrap();
+        store.set(Some(new_secret(&store, &other)));
+        let adopted = ensure_secret(&store, &names, Some(&held)).await.unwrap();
+        assert_eq!(adopted.action, SecretAction::Reused);
+        assert_eq!(adopted.certs, other);
+
+        // Held certificates that no longer fit (another name wanted): not restored.
+        store.set(None);
+        let wider = ["localhost".to_string(), "tailguard.tailguard.svc".to_string()];
+        let fresh = ensure_secret(&store, &wider, Some(&held)).await.unwrap();
+        assert_eq!(fresh.action, SecretAction::Created);
+        assert_ne!(fresh.certs.ca, held.ca);
     }
 }

@@ -263,7 +263,7 @@ async fn self_managed_certificates() {
     let names = vec!["localhost".to_string()];
     // Create loses: another writer creates the Secret between our read and our create.
     let store = Interloper::new(KubeSecret::new(admin.clone(), NS, "race-create"));
-    let ensured = ensure_secret(&store, &names).await.expect("ensure");
+    let ensured = ensure_secret(&store, &names, None).await.expect("ensure");
     let theirs = store.wrote().expect("the interloper wrote first");
     assert_eq!(ensured.lost_races, 1);
     assert_eq!(ensured.action, SecretAction::Reused);
@@ -273,7 +273,7 @@ async fn self_managed_certificates() {
     // Update loses: the serving certificate is expiring, another writer renews it first.
     put_serving_named(&secrets, "race-create", &short_for(&theirs.ca)).await;
     let store = Interloper::new(KubeSecret::new(admin.clone(), NS, "race-create"));
-    let ensured = ensure_secret(&store, &names).await.expect("ensure");
+    let ensured = ensure_secret(&store, &names, None).await.expect("ensure");
     let theirs = store.wrote().expect("the interloper renewed first");
     assert_eq!(ensured.lost_races, 1);
     assert_eq!(ensured.action, SecretAction::Reused);
@@ -287,7 +287,7 @@ async fn self_managed_certificates() {
             KubeSecret::new(admin.clone(), NS, &name),
             KubeSecret::new(admin.clone(), NS, &name),
         );
-        let (r1, r2) = tokio::join!(ensure_secret(&s1, &names), ensure_secret(&s2, &names));
+        let (r1, r2) = tokio::join!(ensure_secret(&s1, &names, None), ensure_secret(&s2, &names, None));
         let (r1, r2) = (r1.expect("first"), r2.expect("second"));
         assert_eq!(r1.certs.ca, r2.certs.ca, "round {round}");
         let decisions = [r1.action, r2.action];

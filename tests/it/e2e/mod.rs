@@ -32,7 +32,7 @@ mod faults;
 mod relay;
 
 const RELEASE: &str = "t";
-const RELEASE_NAMESPACE: &str = "tailguard";
+pub(super) const RELEASE_NAMESPACE: &str = "tailguard";
 
 fn doc_of_kind(docs: &[Value], kind: &str) -> Value {
     docs.iter()
@@ -66,6 +66,9 @@ struct Setup<'a> {
     serve_args: &'a [&'a str],
     /// tailguard reaches the apiserver through a [`relay::Relay`] the test can cut.
     relayed: bool,
+    /// tailguard manages its certificates (the chart's `certificates.mode: self`
+    /// arguments, plus 127.0.0.1 as a name and a 1 s check interval).
+    self_certs: bool,
 }
 
 impl Env {
@@ -76,8 +79,9 @@ impl Env {
         let (kubectl, helm) = (tools::tool("KUBECTL_BIN"), tools::tool("HELM_BIN"));
         let t0 = Instant::now();
         let cluster = TestCluster::start(&KubeBinaries { apiserver, etcd }, test).await;
+        let mode = if setup.self_certs { "self" } else { "secret" };
         let values: Vec<(String, String)> = [
-            ("certificates.mode", "secret"),
+            ("certificates.mode", mode),
             ("certificates.secretName", "tailguard-e2e-tls"),
         ]
         .iter()
@@ -101,6 +105,36 @@ impl Env {
         );
         let config = harness::chart_config(&placeholder).expect("the chart renders the policy ConfigMap");
         let mut serve_args = vec!["--cert-poll-interval".to_string(), "50ms".to_string()];
+        if setup.self_certs {
+            // As installed in the cluster (no webhook.url): the Deployment's arguments, the Secret's Role.
+            let pairs: Vec<(&str, &str)> = values.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let in_cluster = harness::render_chart(
+                &helm,
+                &repo().join("charts/tailguard"),
+                RELEASE,
+                RELEASE_NAMESPACE,
+                &pairs,
+            );
+            harness::apply_namespaced_rbac(&cluster.client, &in_cluster).await;
+            let deployment = doc_of_kind(&in_cluster, "Deployment");
+            let chart_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .expect("the chart's server arguments");
+            serve_args.extend(
+                chart_args
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|a| a.starts_with("--cert-") || a.starts_with("--ca-bundle-webhook"))
+                    .map(str::to_string),
+            );
+            for arg in [
+                "--cert-dns=127.0.0.1",
+                "--cert-check-interval=1s",
+                &format!("--cert-namespace={RELEASE_NAMESPACE}"),
+            ] {
+                serve_args.push(arg.to_string());
+            }
+        }
         serve_args.extend(setup.serve_args.iter().map(|a| a.to_string()));
         let serve = (kubeconfig, config, serve_args);
         let env = Env {

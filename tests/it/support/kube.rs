@@ -488,6 +488,30 @@ pub async fn apply_rbac(client: &kube::Client, docs: &[Value]) {
     }
 }
 
+/// Applies the chart's Roles and RoleBindings (creating their namespaces).
+pub async fn apply_namespaced_rbac(client: &kube::Client, docs: &[Value]) {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for kind in ["Role", "RoleBinding"] {
+        for doc in of_kind(docs, kind) {
+            let name = doc["metadata"]["name"].as_str().expect("name");
+            let namespace = doc["metadata"]["namespace"].as_str().expect("namespace");
+            let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                .patch(namespace, &params, &Patch::Apply(&ns))
+                .await
+                .unwrap_or_else(|e| panic!("apply Namespace {namespace}: {e}"));
+            let resource = match kind {
+                "Role" => kube::api::ApiResource::erase::<k8s_openapi::api::rbac::v1::Role>(&()),
+                _ => kube::api::ApiResource::erase::<k8s_openapi::api::rbac::v1::RoleBinding>(&()),
+            };
+            Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
+                .patch(name, &params, &Patch::Apply(doc))
+                .await
+                .unwrap_or_else(|e| panic!("apply {kind} {namespace}/{name}: {e}"));
+        }
+    }
+}
+
 /// The user name the chart's ServiceAccount authenticates as (RBAC subject).
 pub fn service_account_user(docs: &[Value]) -> String {
     let sa = of_kind(docs, "ServiceAccount")
@@ -624,12 +648,15 @@ impl Webhook {
         let cert = Self::serving_cert(&ca, Duration::from_secs(30 * 24 * 3600));
         let certs = SecretVolume::create(dir.join("certs"), &cert.cert_pem, &cert.key_pem);
         let mut command = Serve::command(options.bin, options.log_filter);
-        command
-            .arg("--tls-cert")
-            .arg(certs.cert())
-            .arg("--tls-key")
-            .arg(certs.key())
-            .args(options.extra_args);
+        // Self-managed (`--cert-secret` among the arguments): no certificate files.
+        if !options.extra_args.iter().any(|a| a.starts_with("--cert-secret")) {
+            command
+                .arg("--tls-cert")
+                .arg(certs.cert())
+                .arg("--tls-key")
+                .arg(certs.key());
+        }
+        command.args(options.extra_args);
         if let Some(kubeconfig) = options.kubeconfig {
             command.arg("--kubeconfig").arg(kubeconfig);
         }

@@ -5,6 +5,7 @@
 //! failed admissions are held to the bound each case documents.
 
 mod apiserver;
+mod certs;
 mod etcd;
 mod load;
 
