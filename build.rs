@@ -23,6 +23,7 @@ const TOOLS: &[(&str, &[&str])] = &[
     ("has_kubernetes_validate", &["KUBERNETES_VALIDATE_BIN"]),
     ("has_tailscale", &["TAILSCALE_BIN"]),
     ("has_kube", &["KUBE_APISERVER_BIN", "ETCD_BIN"]),
+    ("has_faketime", &["TAILGUARD_FAKETIME_LIB"]),
     ("has_oracle", &["TAILGUARD_ORACLE_BIN", "TAILGUARD_ORACLE_ROOTFS"]),
     (
         "has_image",

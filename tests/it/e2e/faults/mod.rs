@@ -6,6 +6,7 @@
 
 mod apiserver;
 mod certs;
+mod clock;
 mod etcd;
 mod load;
 
