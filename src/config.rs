@@ -270,7 +270,13 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_yaml(&text).map_err(|e| match e {
+        Config::from_file_text(path, &text)
+    }
+
+    /// [`Config::from_yaml`] of `text` as read from `path`: errors are located
+    /// at `path:line N` (or `path`), as [`Config::load`] reports them.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text).map_err(|e| match e {
             ConfigError::Invalid { location, message } => ConfigError::Invalid {
                 location: Some(match location {
                     Some(l) => format!("{}:{l}", path.display()),

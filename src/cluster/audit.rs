@@ -348,15 +348,18 @@ impl Collector for AuditState {
     }
 }
 
-/// `serve --audit-interval`: audits at start and then every `interval`.
+/// `serve --audit-interval`: audits at start, then every `interval` and
+/// whenever the policy changes (a reloaded policy file), each time under the
+/// policy served then.
 pub async fn run_periodically(
     client: kube::Client,
-    config: Arc<Config>,
+    mut policy: tokio::sync::watch::Receiver<Arc<Config>>,
     interval: Duration,
     write_reports: bool,
     state: Arc<AuditState>,
 ) {
     loop {
+        let config = policy.borrow_and_update().clone();
         let started = std::time::Instant::now();
         let report = run_once(&client, None, &config).await;
         let written = if write_reports {
@@ -385,6 +388,11 @@ pub async fn run_periodically(
             "audit finished"
         );
         state.publish(&report, started.elapsed().as_secs_f64(), written);
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            // A change while this audit ran counts too. (If the sender were
+            // gone, this branch is disabled and the interval alone applies.)
+            Ok(()) = policy.changed() => tracing::info!("audit: the policy changed; auditing again under it"),
+        }
     }
 }

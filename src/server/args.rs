@@ -171,6 +171,12 @@ pub struct ServeLimits {
     /// How often the certificate files are checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub cert_poll_interval: Duration,
+
+    /// How often the --config policy file is checked for changes (`0s`: read only at start).
+    /// A valid change is served to new reviews; an invalid one is logged and counted
+    /// (`tailguard_config_reloads_total{result="failure"}`) and the last good policy stays.
+    #[arg(long, env = "TAILGUARD_CONFIG_POLL_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub config_poll_interval: Duration,
 }
 
 #[derive(Parser)]
@@ -254,6 +260,7 @@ mod tests {
         assert!(args.dev);
         assert_eq!(args.limits.max_body_bytes, 8 << 20);
         assert_eq!(args.limits.shutdown_grace, Duration::from_secs(15));
+        assert_eq!(args.limits.config_poll_interval, Duration::from_secs(2));
         assert!(ServeArgs::try_parse_from(["--dev", "--tls-cert", "a", "--tls-key", "b"]).is_err());
         assert!(ServeArgs::try_parse_from(["--tls-cert", "a"]).is_err());
     }

@@ -8,13 +8,14 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::config_reload::{Policy, Reloader, content_hash};
 use super::self_certs::{SelfCertsTask, self_certs_config};
 use super::serve::Limits;
 use super::{Metrics, ServeArgs, health, http, tls};
 use crate::admission::{NamespaceSource, NoCluster};
 use crate::certs::{self, DevCerts, DevCertsOutcome};
 use crate::cluster::{self, namespaces::NamespaceCache};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// A bound, not yet serving, webhook server.
 pub struct Server {
@@ -29,6 +30,8 @@ pub struct Server {
     pub(super) dev: Option<DevCerts>,
     pub(super) self_certs: Option<SelfCertsTask>,
     pub(super) audit: Option<AuditTask>,
+    /// The policy file, watched for changes (with --config, unless --config-poll-interval is 0).
+    pub(super) config_watch: Option<Reloader>,
     pub(super) limits: Limits,
 }
 
@@ -48,13 +51,28 @@ impl Server {
     /// With `--cert-secret` no certificate is loaded here: `serve()` fetches it
     /// from the Secret in the background and readiness fails until it is in place.
     pub async fn bind(args: ServeArgs) -> anyhow::Result<Server> {
-        let config = match &args.config {
-            Some(path) => Config::load(path).with_context(|| format!("cannot load policy {}", path.display()))?,
-            None => Config::default(),
+        // Read once and parsed from that text, so the reloader compares later
+        // reads with exactly what is served.
+        let (config, text) = match &args.config {
+            Some(path) => {
+                let loaded = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                    .and_then(|text| Ok((Config::from_file_text(path, &text)?, text)));
+                loaded.with_context(|| format!("cannot load policy {}", path.display()))?
+            }
+            None => (Config::default(), String::new()),
         };
         let metrics = Arc::new(Metrics::new(
             &http::ENDPOINTS.iter().map(|e| e.name).collect::<Vec<_>>(),
         ));
+        metrics.set_config_loaded(content_hash(text.as_bytes()), certs::unix_seconds(SystemTime::now()));
+        let config_watch = match &args.config {
+            Some(path) if !args.limits.config_poll_interval.is_zero() => Some(Reloader::new(path.clone(), text)),
+            _ => None,
+        };
         let self_config = match &args.self_certs.cert_secret {
             Some(secret) => Some(self_certs_config(&args, secret)?),
             None => None,
@@ -174,7 +192,7 @@ impl Server {
             .with_context(|| format!("cannot listen on {health_listen} (health)"))?;
 
         let state = http::AppState {
-            config: Arc::new(config),
+            policy: Arc::new(Policy::new(config)),
             namespaces,
             metrics: metrics.clone(),
             max_body_bytes: args.limits.max_body_bytes,
@@ -198,6 +216,7 @@ impl Server {
             dev,
             self_certs,
             audit,
+            config_watch,
             limits: Limits {
                 handshake_timeout: args.limits.handshake_timeout,
                 idle_timeout: args.limits.idle_timeout.max(Duration::from_millis(10)),
@@ -206,6 +225,7 @@ impl Server {
                 shutdown_grace: args.limits.shutdown_grace,
                 shutdown_delay: args.limits.shutdown_delay,
                 cert_poll_interval: args.limits.cert_poll_interval.max(Duration::from_millis(10)),
+                config_poll_interval: args.limits.config_poll_interval.max(Duration::from_millis(10)),
             },
         })
     }

@@ -29,6 +29,15 @@ pub struct Health {
 
 impl Health {
     /// `Ok` when the webhook should receive traffic, else why not.
+    ///
+    /// The policy is deliberately not part of it. A policy file edited into
+    /// an invalid one while serving keeps the last good policy in force and
+    /// shows on `/metrics` (`tailguard_config_last_reload_successful 0`) and
+    /// in the log. Every replica reads the same ConfigMap, so failing
+    /// readiness on it would take the whole fleet out of the Service at once
+    /// and turn a typo into an admission outage; the last good policy is one
+    /// that was deployed on purpose. (At start-up an invalid policy is fatal:
+    /// there is no last good one.)
     pub fn readiness(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("shutting down");

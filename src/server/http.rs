@@ -14,6 +14,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
+use super::config_reload::Policy;
 use super::metrics::{Metrics, ReviewResult};
 use crate::admission::{self, NamespaceSource, Outcome, ReviewError, Reviewed};
 use crate::config::Config;
@@ -41,7 +42,9 @@ pub const BLOCKING_THRESHOLD: usize = 256 * 1024;
 /// What the admission handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// The policy, swapped when the policy file changes; a review uses the one
+    /// served when its body has been read, to the end.
+    pub policy: Arc<Policy>,
     pub namespaces: Arc<dyn NamespaceSource + Send + Sync>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
@@ -188,13 +191,16 @@ async fn answer(state: &AppState, endpoint: &'static Endpoint, request: Request)
         Err(_) => return Err(ApiError::Timeout(state.body_timeout)),
     };
     if bytes.len() > BLOCKING_THRESHOLD {
-        let (config, namespaces, f) = (state.config.clone(), state.namespaces.clone(), endpoint.review);
+        let (config, namespaces, f) = (state.policy.current(), state.namespaces.clone(), endpoint.review);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(|| run_review(f, &bytes, &config, &*namespaces)))
             .await
             .unwrap_or_else(|e| Err(ApiError::Internal(format!("review task failed: {e}"))))
     } else {
-        run_review(endpoint.review, &bytes, &state.config, &*state.namespaces)
+        // Lock-free, no reference count touched on the fast path; released
+        // when the (synchronous) review returns.
+        let config = state.policy.load();
+        run_review(endpoint.review, &bytes, &config, &*state.namespaces)
     }
 }
 
@@ -323,7 +329,7 @@ mod tests {
 
     fn state(max_body_bytes: usize) -> AppState {
         AppState {
-            config: Arc::new(Config::default()),
+            policy: Arc::new(Policy::new(Config::default())),
             namespaces: Arc::new(admission::NoCluster),
             metrics: Arc::new(Metrics::new(&ENDPOINTS.iter().map(|e| e.name).collect::<Vec<_>>())),
             max_body_bytes,

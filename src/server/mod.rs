@@ -2,8 +2,9 @@
 //! TLS), and a plain-HTTP listener for health checks and metrics.
 //!
 //! The request path only moves bytes: TLS, HTTP, then `admission::validate`
-//! on the body as received. Certificates are reloaded from disk when they
-//! change, or, with `--cert-secret`, kept in a Secret shared by the replicas
+//! on the body as received. The policy file is reloaded when it changes
+//! (`config_reload`: an invalid one keeps the last good policy). Certificates
+//! are reloaded from disk when they change, or, with `--cert-secret`, kept in a Secret shared by the replicas
 //! and swapped in when it changes (`cluster::certs`); shutdown drains
 //! in-flight reviews and closes idle connections.
 
@@ -13,6 +14,7 @@ use anyhow::Context as _;
 
 mod args;
 mod bind;
+pub mod config_reload;
 pub mod health;
 pub mod http;
 mod idle;

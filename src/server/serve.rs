@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
 use super::self_certs::installer;
-use super::{Metrics, Server, health, http, idle, tls};
+use super::{Metrics, Server, config_reload, health, http, idle, tls};
 use crate::cluster;
 
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,7 @@ pub(super) struct Limits {
     pub(super) shutdown_grace: Duration,
     pub(super) shutdown_delay: Duration,
     pub(super) cert_poll_interval: Duration,
+    pub(super) config_poll_interval: Duration,
 }
 
 impl Server {
@@ -48,6 +49,7 @@ impl Server {
             dev,
             self_certs,
             audit,
+            config_watch,
             limits,
         } = self;
         let addr = tls_listener.local_addr()?;
@@ -58,6 +60,7 @@ impl Server {
             dev = dev.is_some(),
             cert_secret = self_certs.as_ref().map(|t| format!("{}/{}", t.config.namespace, t.config.secret)),
             cluster = health.namespaces.is_some(),
+            config_watched = config_watch.as_ref().map(|w| w.path().display().to_string()),
             endpoints = http::ENDPOINTS.iter().map(|e| e.path).collect::<Vec<_>>().join(","),
             "listening"
         );
@@ -65,7 +68,7 @@ impl Server {
         let auditor = audit.map(|task| {
             tokio::spawn(cluster::audit::run_periodically(
                 task.client,
-                state.config.clone(),
+                state.policy.subscribe(),
                 task.interval,
                 task.policy_reports,
                 task.state,
@@ -85,6 +88,14 @@ impl Server {
             }
             (None, None) => tokio::spawn(async {}),
         };
+        let config_watcher = config_watch.map(|reloader| {
+            tokio::spawn(config_reload::watch(
+                reloader,
+                state.policy.clone(),
+                state.metrics.clone(),
+                limits.config_poll_interval,
+            ))
+        });
         let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
         let health_router = health::router(health.clone());
         let health_server = tokio::spawn(async move {
@@ -103,8 +114,8 @@ impl Server {
         accept_loop(tls_listener, acceptor, service, limits, &health, shutdown).await;
 
         reloader.abort();
-        if let Some(auditor) = auditor {
-            auditor.abort();
+        for task in [auditor, config_watcher].into_iter().flatten() {
+            task.abort();
         }
         let _ = health_stop.send(());
         let mut health_server = health_server;

@@ -33,6 +33,7 @@ mod image;
 mod inject;
 mod injection_traffic;
 mod oracle;
+mod policy_reload;
 mod properties;
 mod readme;
 mod rule_fixtures;

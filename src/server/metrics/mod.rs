@@ -71,7 +71,7 @@ impl EncodeLabelValue for ReviewResult {
     }
 }
 
-/// The `result` of a certificate reload.
+/// The `result` of a certificate or policy reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum ReloadResult {
     Success,
@@ -161,6 +161,11 @@ pub struct Metrics {
     tls_reloads_failure: Counter,
     tls_handshake_failures: Counter,
     tls_cert_not_after: Gauge,
+    config_reloads_success: Counter,
+    config_reloads_failure: Counter,
+    config_last_reload_successful: Gauge,
+    config_loaded_at: Gauge,
+    config_hash: Gauge,
     connections_open: Gauge,
     connections_total: Counter,
     namespace_cache_ready: Gauge,
@@ -247,6 +252,38 @@ impl Metrics {
             "Expiry (notAfter) of the serving certificate, Unix time",
             tls_cert_not_after.clone(),
         );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        let config_reloads_success = config_reloads.get_or_create_owned(&ReloadLabels {
+            result: ReloadResult::Success,
+        });
+        let config_reloads_failure = config_reloads.get_or_create_owned(&ReloadLabels {
+            result: ReloadResult::Failure,
+        });
+        registry.register(
+            "tailguard_config_reloads",
+            "Policy file changes read while serving, by result (failure: unreadable or invalid, the previous policy kept)",
+            config_reloads,
+        );
+        // 1 until a change fails to load: the server does not start without a valid policy.
+        let config_last_reload_successful = Gauge::default();
+        config_last_reload_successful.set(1);
+        registry.register(
+            "tailguard_config_last_reload_successful",
+            "1 when the policy file as it is now is the policy being served; 0 while a change to it fails to load",
+            config_last_reload_successful.clone(),
+        );
+        let config_loaded_at = Gauge::default();
+        registry.register(
+            "tailguard_config_last_reload_success_timestamp_seconds",
+            "When the policy being served was loaded (at start or by a reload), Unix time",
+            config_loaded_at.clone(),
+        );
+        let config_hash = Gauge::default();
+        registry.register(
+            "tailguard_config_hash",
+            "Hash of the policy file being served (53-bit FNV-1a of its bytes): equal on replicas serving the same policy",
+            config_hash.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "tailguard_connections_open",
@@ -279,6 +316,11 @@ impl Metrics {
             tls_reloads_failure,
             tls_handshake_failures,
             tls_cert_not_after,
+            config_reloads_success,
+            config_reloads_failure,
+            config_last_reload_successful,
+            config_loaded_at,
+            config_hash,
             connections_open,
             connections_total,
             namespace_cache_ready,
@@ -339,6 +381,31 @@ impl Metrics {
     /// The serving certificate's expiry, Unix seconds.
     pub fn set_tls_cert_not_after(&self, unix_seconds: i64) {
         self.tls_cert_not_after.set(unix_seconds);
+    }
+
+    /// A change of the policy file was read: loaded (`true`), or refused and
+    /// the previous policy kept (`false`).
+    pub fn config_reloaded(&self, ok: bool) {
+        if ok {
+            &self.config_reloads_success
+        } else {
+            &self.config_reloads_failure
+        }
+        .inc();
+        self.config_last_reload_successful.set(i64::from(ok));
+    }
+
+    /// The policy now served: its [hash](super::config_reload::content_hash)
+    /// and when it was loaded (Unix seconds).
+    pub fn set_config_loaded(&self, hash: u64, unix_seconds: i64) {
+        // 53 bits: exact as the float a scraper reads.
+        self.config_hash.set((hash & ((1 << 53) - 1)) as i64);
+        self.config_loaded_at.set(unix_seconds);
+    }
+
+    /// Successful and failed policy reloads so far.
+    pub fn config_reloads(&self) -> (u64, u64) {
+        (self.config_reloads_success.get(), self.config_reloads_failure.get())
     }
 
     pub fn connection_opened(&self) {

@@ -229,6 +229,9 @@ fn exposition_parses_back_with_the_expected_series() {
     m.connection_opened();
     m.connection_closed();
     m.set_namespace_cache_ready(true);
+    m.config_reloaded(true);
+    m.config_reloaded(false);
+    m.set_config_loaded(u64::MAX, 1_800_000_000);
     let x = Exposition::parse(&m.render());
 
     for (family, kind) in [
@@ -242,6 +245,10 @@ fn exposition_parses_back_with_the_expected_series() {
         ("tailguard_connections_open", "gauge"),
         ("tailguard_connections", "counter"),
         ("tailguard_namespace_cache_ready", "gauge"),
+        ("tailguard_config_reloads", "counter"),
+        ("tailguard_config_last_reload_successful", "gauge"),
+        ("tailguard_config_last_reload_success_timestamp_seconds", "gauge"),
+        ("tailguard_config_hash", "gauge"),
     ] {
         assert_eq!(x.types.get(family).map(String::as_str), Some(kind), "{family}");
     }
@@ -335,6 +342,20 @@ fn exposition_parses_back_with_the_expected_series() {
     assert_eq!(x.get("tailguard_connections_total", &[]), Some(2.0));
     assert_eq!(x.get("tailguard_namespace_cache_ready", &[]), Some(1.0));
     assert_eq!(m.tls_reloads(), (0, 1));
+    // The last policy change did not load: counted, and the gauge says so.
+    let config_reloads = |result| x.get("tailguard_config_reloads_total", &[("result", result)]);
+    assert_eq!(
+        (config_reloads("success"), config_reloads("failure")),
+        (Some(1.0), Some(1.0))
+    );
+    assert_eq!(x.get("tailguard_config_last_reload_successful", &[]), Some(0.0));
+    assert_eq!(
+        x.get("tailguard_config_last_reload_success_timestamp_seconds", &[]),
+        Some(1_800_000_000.0)
+    );
+    // 53 bits, exact as a float.
+    assert_eq!(x.get("tailguard_config_hash", &[]), Some(((1_u64 << 53) - 1) as f64));
+    assert_eq!(m.config_reloads(), (1, 1));
 
     // Nothing of the audit until it is attached.
     assert!(!x.types.keys().any(|k| k.starts_with("tailguard_audit")));
