@@ -113,6 +113,17 @@ pub struct Sample {
     pub got: Got,
 }
 
+/// A probe's expectation changed: made from `from` (the test started the
+/// change) until `until` (the test saw it take effect); either verdict is
+/// right for a request sent in between.
+#[derive(Debug, Clone)]
+struct Change {
+    from: Duration,
+    until: Duration,
+    probe: usize,
+    expect: Expect,
+}
+
 struct Shared {
     client: kube::Client,
     probes: Vec<Probe>,
@@ -120,8 +131,7 @@ struct Shared {
     stop: AtomicBool,
     next: AtomicUsize,
     samples: Mutex<Vec<Sample>>,
-    /// (since start, probe, new expectation)
-    changes: Mutex<Vec<(Duration, usize, Expect)>>,
+    changes: Mutex<Vec<Change>>,
     marks: Mutex<Vec<(Duration, String)>>,
 }
 
@@ -178,9 +188,26 @@ impl Load {
 
     /// From now on probe `name` must get `expect` (after [`PROPAGATION_GRACE`]).
     pub fn expect(&self, name: &str, expect: Expect) {
-        let at = self.shared.started.elapsed();
-        let index = self.probe_index(name);
-        self.shared.changes.lock().expect("changes").push((at, index, expect));
+        let now = self.now();
+        self.expect_since(name, expect, now);
+    }
+
+    /// Time on the load's clock, to pass to [`Load::expect_since`].
+    pub fn now(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// Probe `name` must get `expect` from now on; a change the test started at
+    /// `since` (from [`Load::now`]) and has now seen take effect: in between,
+    /// either verdict is right.
+    pub fn expect_since(&self, name: &str, expect: Expect, since: Duration) {
+        let change = Change {
+            from: since,
+            until: self.now(),
+            probe: self.probe_index(name),
+            expect,
+        };
+        self.shared.changes.lock().expect("changes").push(change);
     }
 
     /// Samples answered so far.
@@ -306,38 +333,30 @@ async fn create(client: &kube::Client, object: &Value) -> Got {
 }
 
 /// The expectations a sample of `probe` sent at `sent` and answered `took`
-/// later may meet: the one in force when it was sent, the one before it if it
-/// changed less than [`PROPAGATION_GRACE`] earlier, and one made while the
-/// request was in flight.
-fn expectations(
-    probes: &[Probe],
-    changes: &[(Duration, usize, Expect)],
-    probe: usize,
-    sent: Duration,
-    took: Duration,
-) -> Vec<Expect> {
+/// later may meet: the one in force when it was sent; the one before it if
+/// it was sent while a change was being made or less than
+/// [`PROPAGATION_GRACE`] after; and one whose change began while the request
+/// was in flight.
+fn expectations(probes: &[Probe], changes: &[Change], probe: usize, sent: Duration, took: Duration) -> Vec<Expect> {
     let mut current = probes[probe].expect.clone();
     let mut previous = None;
     let mut racing = None;
-    for (when, index, expect) in changes {
-        if *index != probe {
-            continue;
-        }
-        if *when > sent {
-            if *when <= sent + took && racing.is_none() {
-                racing = Some(expect.clone());
+    for change in changes.iter().filter(|c| c.probe == probe) {
+        if sent < change.from {
+            if sent + took >= change.from && racing.is_none() {
+                racing = Some(change.expect.clone());
             }
             continue;
         }
-        if sent.saturating_sub(*when) < PROPAGATION_GRACE {
+        if sent < change.until + PROPAGATION_GRACE {
             previous = Some(current.clone());
         }
-        current = expect.clone();
+        current = change.expect.clone();
     }
     [Some(current), previous, racing].into_iter().flatten().collect()
 }
 
-fn judge(probes: &[Probe], changes: &[(Duration, usize, Expect)], sample: &Sample) -> Judged {
+fn judge(probes: &[Probe], changes: &[Change], sample: &Sample) -> Judged {
     let expected = expectations(probes, changes, sample.probe, sample.sent, sample.took);
     // Sent before a change but answered after it started: either side is right.
     let judge_one = |expect: &Expect| judge_against(expect, &sample.got);
@@ -521,7 +540,12 @@ mod tests {
     #[test]
     fn judging() {
         let probes = [Probe::new("ds", Value::Null, Expect::Allowed)];
-        let change = [(Duration::from_millis(1000), 0, Expect::Denied("pod-security-level"))];
+        let change = [Change {
+            from: Duration::from_millis(1000),
+            until: Duration::from_millis(1000),
+            probe: 0,
+            expect: Expect::Denied("pod-security-level"),
+        }];
         let denied =
             Got::Denied("admission webhook \"x.tailguard.io\" denied the request: - [pod-security-level] no".into());
         let j = |ms, got| judge(&probes, &change, &sample(ms, got));
@@ -544,6 +568,17 @@ mod tests {
         assert_eq!(j(2000, denied), Judged::Right);
         assert_eq!(j(2000, Got::CallFailed("x".into())), Judged::Failed);
         assert_eq!(j(2000, Got::Unreachable("refused".into())), Judged::Unavailable);
+        // A change that took from 1 s to 1.5 s to take effect: either verdict until the grace after it.
+        let window = [Change {
+            from: Duration::from_millis(1000),
+            until: Duration::from_millis(1500),
+            probe: 0,
+            expect: Expect::Denied("pod-security-level"),
+        }];
+        let w = |ms, got| judge(&probes, &window, &sample(ms, got));
+        assert_eq!(w(1200, allowed(&[])), Judged::Right);
+        assert_eq!(w(1900, allowed(&[])), Judged::Right);
+        assert_eq!(w(2100, allowed(&[])), Judged::Wrong);
         let injected = [Probe::new("pod", Value::Null, Expect::Injected)];
         let refused = Got::Denied("tailguard cannot read namespace apps yet".into());
         assert_eq!(judge(&injected, &[], &sample(0, refused)), Judged::Failed);

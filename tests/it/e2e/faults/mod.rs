@@ -9,6 +9,7 @@ mod certs;
 mod clock;
 mod etcd;
 mod load;
+mod policy;
 
 use serde_json::{Value, json};
 
