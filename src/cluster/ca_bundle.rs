@@ -2,12 +2,15 @@
 //! (`serve --cert-secret --ca-bundle-webhook`): set with a conditional patch,
 //! only where it differs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 use super::certs::{FIELD_MANAGER, concise};
 use crate::certs;
@@ -144,6 +147,63 @@ pub(super) async fn sync_ca_bundle(client: &kube::Client, name: &str, ca_pem: &s
         Ok(BundleState::UpToDate) => Bundle::Set,
         Ok(BundleState::NotFound) => Bundle::Missing,
         Err(e) => Bundle::Failed(format!("{e:#}")),
+    }
+}
+
+/// Wait after a failed watch before watching again (the periodic check goes
+/// on meanwhile).
+const REWATCH: Duration = Duration::from_secs(30);
+
+/// Watches the Validating and MutatingWebhookConfiguration named `name` (a
+/// field-selected watch, which RBAC authorizes by `resourceNames`) and
+/// `notify`s at every change, so a caBundle edited by hand is set back at
+/// once rather than at the next periodic check. Runs until dropped; a watch
+/// that cannot run (no `list`/`watch` permission: a chart older than this
+/// binary) is logged once and retried every 30 s, leaving the periodic check.
+pub(super) async fn watch_configurations(client: kube::Client, name: String, notify: Arc<Notify>) {
+    let kinds = [
+        ApiResource::erase::<ValidatingWebhookConfiguration>(&()),
+        ApiResource::erase::<MutatingWebhookConfiguration>(&()),
+    ];
+    let watches = kinds.map(|resource| {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        follow(api, resource.kind, name.clone(), notify.clone())
+    });
+    let [validating, mutating] = watches;
+    tokio::join!(validating, mutating);
+}
+
+async fn follow(api: Api<DynamicObject>, kind: String, name: String, notify: Arc<Notify>) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut warned = false;
+    loop {
+        let stream = watcher::watcher(api.clone(), config.clone());
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = super::next_event(&mut stream).await {
+            match event {
+                // A change after the initial list, or the list itself (there may be a
+                // configuration to fix that appeared while the watch was down).
+                Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => {
+                    warned = false;
+                    notify.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(
+                            webhook_configuration = %name,
+                            %kind,
+                            error = %e,
+                            "cannot watch the webhook configuration (needs list and watch on it); \
+                             a hand-edited caBundle is set back at the periodic check only"
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(REWATCH).await;
     }
 }
 

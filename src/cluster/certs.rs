@@ -7,8 +7,9 @@
 //! then re-read and use what the winner wrote), hand the certificates to the
 //! server, and set the CA as `caBundle` of the named webhook configurations.
 //!
-//! Needs `get`, `create` and `update` on the Secret and `get` and `patch` on
-//! the webhook configurations; it never lists or watches Secrets.
+//! Needs `get`, `create` and `update` on the Secret and `get`, `patch`,
+//! `list` and `watch` on the webhook configurations (by name: the watch
+//! selects `metadata.name`); it never lists or watches Secrets.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,13 +21,16 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
-use super::ca_bundle::{Bundle, sync_ca_bundle};
+use super::ca_bundle::{Bundle, sync_ca_bundle, watch_configurations};
 use crate::certs::{self, SecretCerts, SecretData, SecretPlan};
 
 /// Field manager name of tailguard's writes.
 pub const FIELD_MANAGER: &str = "tailguard";
 /// How many read-decide-write rounds one sync tries when it keeps losing races.
 const ROUNDS: usize = 5;
+/// After a watched webhook configuration changes, how long to wait for more
+/// changes before checking.
+const CHANGE_SETTLE: Duration = Duration::from_millis(100);
 /// For how many checks after a CA change the caBundle still trusts the old CA:
 /// the check that saw the change and the next one, by which every other
 /// replica (checking at the same interval) has seen it too.
@@ -158,9 +162,10 @@ pub struct Ensured {
 /// winner wrote. Every decision is logged.
 ///
 /// `held` is what this replica serves (none at start). When the Secret is
-/// gone or unusable but `held` is still good, `held` is written back: a new
-/// CA would leave the caBundle and every other replica on the old one until
-/// their next check, failing admissions meanwhile.
+/// gone or its CA or serving pair unusable (deleted, edited by hand) but
+/// `held` is still good, `held` is written back: a new CA would leave the
+/// caBundle and every other replica on the old one until their next check,
+/// failing admissions meanwhile.
 pub async fn ensure_secret<S: SecretStore>(
     store: &S,
     names: &[String],
@@ -185,8 +190,20 @@ pub async fn ensure_secret<S: SecretStore>(
                 lost_races,
             });
         }
-        let restore =
-            held.filter(|h| matches!(certs::plan_secret(Some(&h.to_data()), names, now), SecretPlan::Reuse(_)));
+        // Only over damage: a Secret that is gone, or whose CA or serving pair is
+        // unusable. An expiring or narrower certificate is renewed or reissued
+        // from the same CA as usual (the caBundle does not change).
+        let damaged = matches!(
+            plan,
+            SecretPlan::Create
+                | SecretPlan::NewCa { .. }
+                | SecretPlan::Reissue {
+                    reason: certs::Reissue::Unusable(_),
+                    ..
+                }
+        );
+        let restore = held
+            .filter(|h| damaged && matches!(certs::plan_secret(Some(&h.to_data()), names, now), SecretPlan::Reuse(_)));
         let (decision, certs) = match (restore, &plan) {
             (Some(held), _) => (SecretAction::Restored, held.clone()),
             (None, SecretPlan::Create) => (
@@ -343,7 +360,8 @@ fn new_secret<S: SecretStore>(store: &S, certs: &SecretCerts) -> Secret {
 
 /// Keeps the Secret, the served certificate and the caBundles right, forever:
 /// at start (retrying with backoff until the Secret can be read and written),
-/// then every `interval`. `install` receives the Secret's certificates after
+/// then every `interval`, and whenever one of the webhook configurations
+/// changes (they are watched by name). `install` receives the Secret's certificates after
 /// every successful sync (it writes them out and swaps the served certificate
 /// when they changed).
 ///
@@ -365,6 +383,13 @@ pub async fn run(
     let mut backoff = Duration::from_millis(250);
     // Last logged state per webhook configuration name, to log changes only.
     let mut bundle_states: BTreeMap<String, Bundle> = BTreeMap::new();
+    // A change to a webhook configuration (a caBundle edited by hand, a Helm
+    // upgrade re-applying it) wakes the loop at once. Dropped with this future.
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut watches = tokio::task::JoinSet::new();
+    for name in &config.webhooks {
+        watches.spawn(watch_configurations(client.clone(), name.clone(), changed.clone()));
+    }
     loop {
         let wait = match ensure_secret(&store, &config.names, held.as_ref()).await {
             Ok(ensured) => {
@@ -417,7 +442,13 @@ pub async fn run(
                 next_backoff(&mut backoff, config.interval)
             }
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = changed.notified() => {
+                // Let a burst of changes (both kinds, a re-apply) settle into one sync.
+                tokio::time::sleep(CHANGE_SETTLE).await;
+            }
+        }
     }
 }
 
@@ -541,6 +572,15 @@ mod tests {
         let adopted = ensure_secret(&store, &names, Some(&held)).await.unwrap();
         assert_eq!(adopted.action, SecretAction::Reused);
         assert_eq!(adopted.certs, other);
+
+        // An expiring certificate put in the Secret: renewed from its CA, not overwritten.
+        let short = certs::issue_serving_cert(&other.ca, &["localhost"], &[], Duration::from_secs(600)).unwrap();
+        let mut expiring = other.clone();
+        expiring.serving = short;
+        store.set(Some(new_secret(&store, &expiring)));
+        let renewed = ensure_secret(&store, &names, Some(&held)).await.unwrap();
+        assert_eq!(renewed.action, SecretAction::Renewed);
+        assert_eq!(renewed.certs.ca, other.ca);
 
         // Held certificates that no longer fit (another name wanted): not restored.
         store.set(None);

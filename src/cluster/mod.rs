@@ -27,3 +27,12 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
     };
     kube::Client::try_from(config).context("cannot create a Kubernetes client")
 }
+
+/// The next item of a watch stream (kube's streams implement `Stream`, which
+/// this crate does not import: `WatchStreamExt` brings `poll_next` along).
+pub(crate) async fn next_event<S>(stream: &mut std::pin::Pin<&mut S>) -> Option<S::Item>
+where
+    S: kube::runtime::WatchStreamExt + ?Sized,
+{
+    std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await
+}

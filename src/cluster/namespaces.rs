@@ -157,7 +157,7 @@ where
     S: WatchStreamExt<Item = Result<Event<Namespace>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
-    while let Some(event) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+    while let Some(event) = super::next_event(&mut stream).await {
         let event = event?;
         writer.apply_watcher_event(&event);
         if matches!(event, Event::InitDone) {

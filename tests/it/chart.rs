@@ -397,7 +397,7 @@ fn self_mode_webhooks_rbac_and_server_flags() {
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["admissionregistration.k8s.io"],
              "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
-             "resourceNames": [FULLNAME], "verbs": ["get", "patch"]},
+             "resourceNames": [FULLNAME], "verbs": ["get", "patch", "list", "watch"]},
         ])
     );
     let role = r.one("Role", Some(FULLNAME));

@@ -323,7 +323,7 @@ async fn setup(client: &kube::Client) {
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["admissionregistration.k8s.io"],
              "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
-             "resourceNames": [WEBHOOK], "verbs": ["get", "patch"]}
+             "resourceNames": [WEBHOOK], "verbs": ["get", "patch", "list", "watch"]}
         ]
     });
     let binding = |kind: &str, role_kind: &str| {

@@ -71,8 +71,10 @@ struct Setup<'a> {
     /// Environment of the server process (through a wrapper script that sets it).
     serve_env: &'a [(&'a str, &'a str)],
     /// tailguard manages its certificates (the chart's `certificates.mode: self`
-    /// arguments, plus 127.0.0.1 as a name and a 1 s check interval).
+    /// arguments, plus 127.0.0.1 as a name and a check interval of
+    /// `cert_check_interval`, 1 s if empty).
     self_certs: bool,
+    cert_check_interval: &'a str,
 }
 
 impl Env {
@@ -133,7 +135,14 @@ impl Env {
             );
             for arg in [
                 "--cert-dns=127.0.0.1",
-                "--cert-check-interval=1s",
+                &format!(
+                    "--cert-check-interval={}",
+                    if setup.cert_check_interval.is_empty() {
+                        "1s"
+                    } else {
+                        setup.cert_check_interval
+                    }
+                ),
                 &format!("--cert-namespace={RELEASE_NAMESPACE}"),
             ] {
                 serve_args.push(arg.to_string());
