@@ -143,7 +143,8 @@ pub struct ServeLimits {
     pub shutdown_grace: Duration,
 
     /// How long to keep accepting new connections after SIGTERM (while /readyz fails and
-    /// endpoints are updated); existing connections are closed at once.
+    /// endpoints are updated). HTTP/2 connections get GOAWAY at once; HTTP/1.1 connections
+    /// stay until the delay ends, each response then carrying `Connection: close`.
     #[arg(long, env = "TAILGUARD_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 

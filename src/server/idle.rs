@@ -5,7 +5,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use axum::http;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -92,16 +94,21 @@ impl Drop for InFlight {
     }
 }
 
-/// A hyper service that records its connection's activity.
+/// A hyper service that records its connection's activity and, on an
+/// HTTP/1 connection once shutdown has begun, answers with `Connection:
+/// close` so the client closes after reading the response.
 #[derive(Clone)]
 pub struct Tracked<S> {
     pub inner: S,
     pub activity: Arc<Activity>,
+    /// Set when draining starts; `None` where `Connection: close` does not
+    /// apply (HTTP/2, which winds down with GOAWAY).
+    pub close_when: Option<Arc<AtomicBool>>,
 }
 
-impl<S, R> hyper::service::Service<R> for Tracked<S>
+impl<S, R, B> hyper::service::Service<R> for Tracked<S>
 where
-    S: hyper::service::Service<R>,
+    S: hyper::service::Service<R, Response = http::Response<B>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -111,8 +118,16 @@ where
     fn call(&self, request: R) -> Self::Future {
         let guard = InFlight::start(&self.activity);
         let future = self.inner.call(request);
+        let close_when = self.close_when.clone();
         Box::pin(async move {
-            let response = future.await;
+            let mut response = future.await;
+            if let (Ok(response), Some(flag)) = (response.as_mut(), close_when)
+                && flag.load(Ordering::Relaxed)
+            {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
             drop(guard);
             response
         })

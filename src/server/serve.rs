@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -207,6 +207,8 @@ async fn accept_loop(
     let protocols = Arc::new(Protocols::new(&limits));
     let metrics = health.metrics.clone();
     let (phase, _) = watch::channel(RUNNING);
+    // Set with DRAINING: HTTP/1 responses then carry `Connection: close`.
+    let draining = Arc::new(AtomicBool::new(false));
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     let mut stop_accepting_at: Option<tokio::time::Instant> = None;
@@ -226,6 +228,7 @@ async fn accept_loop(
                     grace = ?limits.shutdown_grace,
                     "draining connections"
                 );
+                draining.store(true, Ordering::Relaxed);
                 phase.send_replace(DRAINING);
                 stop_accepting_at = Some(tokio::time::Instant::now() + limits.shutdown_delay);
             }
@@ -262,6 +265,7 @@ async fn accept_loop(
                         accepted_in,
                         limits,
                         activity,
+                        draining.clone(),
                     ).instrument(span));
                 }
                 Err(e) => {
@@ -317,8 +321,12 @@ async fn connection(
     accepted_in: u8,
     limits: Limits,
     activity: Arc<idle::Activity>,
+    draining: Arc<AtomicBool>,
 ) {
     let handshake_timeout = limits.handshake_timeout;
+    // Connections still handshaking when draining starts finish it: new ones
+    // are accepted until --shutdown-delay ends, and these are no different.
+    let handshake_until = accepted_in.max(DRAINING);
     metrics.connection_opened();
     let _open = OpenConnection(metrics.clone());
     if let Err(e) = stream.set_nodelay(true) {
@@ -338,19 +346,28 @@ async fn connection(
                 return;
             }
         },
-        () = finished(&mut phase, accepted_in) => return,
+        () = finished(&mut phase, handshake_until) => return,
     };
     let (builder, protocol) = protocols.for_alpn(tls.get_ref().1.alpn_protocol());
     tracing::Span::current().record("protocol", protocol);
+    // HTTP/1 (the apiserver's webhook client always uses it) stays open until
+    // --shutdown-delay ends, each response then saying `Connection: close`:
+    // closing an idle HTTP/1 connection at SIGTERM races with a request the
+    // client is already writing on it, and the apiserver does not retry a
+    // webhook call, so that admission would fail. HTTP/2 gets GOAWAY at once
+    // (requests after it are retried on a new connection).
+    let http1 = protocol == "http1.1";
+    let wind_down_after = if http1 { handshake_until } else { accepted_in };
     let service = idle::Tracked {
         inner: TowerToHyperService::new(service),
         activity: activity.clone(),
+        close_when: http1.then_some(draining),
     };
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     let mut conn = pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = finished(&mut phase, accepted_in) => {
+        () = finished(&mut phase, wind_down_after) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -637,6 +637,49 @@ async fn sigterm_drains_and_exits_zero() {
     );
 }
 
+/// With `--shutdown-delay`, an idle HTTP/1.1 connection (the apiserver's
+/// kind) is not closed at SIGTERM, where it would race with a review being
+/// written onto it: it stays until the delay ends, and a review on it is
+/// answered with `Connection: close`. HTTP/2 gets GOAWAY at once.
+#[tokio::test]
+async fn sigterm_keeps_http1_connections_through_the_delay_then_closes_them_after_a_response() {
+    let dir = TempDir::new("sigterm-delay");
+    let pki = Pki::new("sigterm-delay CA");
+    let mut server = pki.serve(&dir, &["--shutdown-delay", "2s"]);
+    let ca = &pki.ca.cert_pem;
+    let mut h1 = Https::connect(server.addr, ca, Proto::Http1).await.expect("connect");
+    let mut kept = Https::connect(server.addr, ca, Proto::Http1).await.expect("connect");
+    let mut h2 = Https::connect(server.addr, ca, Proto::Http2).await.expect("connect");
+    for (conn, uid) in [(&mut h1, "d-1"), (&mut kept, "d-2"), (&mut h2, "d-3")] {
+        assert_review(&conn.post_json("/validate", tailscale_daemonset_review(uid)).await, uid);
+    }
+    let signalled = Instant::now();
+    server.signal("TERM");
+    assert!(eventually(PATIENCE, || h2.is_closed()).await, "HTTP/2: GOAWAY at once");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !h1.is_closed() && !kept.is_closed(),
+        "HTTP/1.1 connections kept during the delay"
+    );
+    // A review on a kept connection is answered, and the connection then closed.
+    let reply = h1.post_json("/validate", tailscale_daemonset_review("d-4")).await;
+    assert_review(&reply, "d-4");
+    assert_eq!(
+        reply.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "{:?}",
+        reply.headers
+    );
+    assert!(eventually(PATIENCE, || h1.is_closed()).await);
+    // The idle one is closed when the delay ends, and the server exits.
+    assert!(eventually(PATIENCE, || kept.is_closed()).await);
+    let closed_after = signalled.elapsed();
+    assert!(closed_after >= Duration::from_secs(2), "{closed_after:?}");
+    let status = server.wait_exit(PATIENCE).await.expect("exited");
+    assert!(status.success(), "{status:?}");
+    eprintln!("idle HTTP/1.1 connection closed {closed_after:?} after SIGTERM (delay 2 s)");
+}
+
 #[tokio::test]
 async fn sigterm_with_only_idle_connections_exits_promptly() {
     let dir = TempDir::new("sigterm-idle");
