@@ -6,8 +6,8 @@
 //! ([`SecretVolume`]).
 //!
 //! kube.rs includes this file as its `process` module (re-exported as
-//! `support::process`), so that `examples/admission_overhead.rs` gets both
-//! with its one `#[path = "../tests/it/support/kube.rs"] mod harness;`:
+//! `support::process`), so that the benchmark's `bench/src/apiserver/mod.rs`
+//! gets both with its one `#[path = "../../../tests/it/support/kube.rs"] mod harness;`:
 //! nothing here may use `crate::` paths or `env!` variables that only
 //! integration tests get (`option_env!` is fine).
 #![allow(dead_code)]
@@ -322,10 +322,15 @@ impl Serve {
     /// listeners on 127.0.0.1:0, nothing from the environment (kubeconfig,
     /// `TAILGUARD_*` settings). Add the test's own arguments.
     pub fn command(bin: &Path, log_filter: &str) -> Command {
+        Serve::command_on(bin, log_filter, "127.0.0.1:0")
+    }
+
+    /// [`Serve::command`] with the webhook listener on `listen` instead.
+    pub fn command_on(bin: &Path, log_filter: &str, listen: &str) -> Command {
         let mut command = Command::new(bin);
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--health-listen", "127.0.0.1:0"])
             .env("TAILGUARD_LOG_FORMAT", "json")
             .env("RUST_LOG", log_filter)
             .env_remove("KUBECONFIG")

@@ -10,6 +10,7 @@ mod clock;
 mod etcd;
 mod load;
 mod policy;
+mod replicas;
 
 use serde_json::{Value, json};
 
