@@ -152,8 +152,12 @@ pub struct ServeLimits {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
-    /// Time allowed for HTTP/1 request headers (also closes idle keep-alive connections).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    /// Time allowed for HTTP/1 request headers (hyper also counts idle keep-alive time
+    /// against it). Longer than the apiserver's 90 s idle timeout, so the apiserver closes
+    /// an idle connection first: a close from this side races with a review being written
+    /// onto it, which the apiserver does not retry. Slow-header connections hold no
+    /// request, so at --max-connections they are the idle ones closed to make room.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
     /// Time allowed to receive a request body.
@@ -165,8 +169,9 @@ pub struct ServeLimits {
     #[arg(long, env = "TAILGUARD_MAX_CONNECTIONS", value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
 
-    /// Close a connection (HTTP/2 included) with no request for this long.
-    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    /// Close a connection (HTTP/2 included) with no request for this long (longer than the
+    /// apiserver's 90 s, for the reason given at --header-read-timeout).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// How often the certificate files are checked for changes.
