@@ -255,7 +255,7 @@ impl TestCluster {
         apiserver_args.extend(apiserver_flags.iter().map(|f| f.to_string()));
         let mut apiserver = Proc::spawn(
             "kube-apiserver",
-            Command::new(&bins.apiserver).args(&apiserver_args),
+            &mut apiserver_command(&bins.apiserver, &apiserver_args),
             dir.join("kube-apiserver.log"),
         );
         let watchdogs = watchdog(&[etcd.pid(), apiserver.pid()]).into_iter().collect();
@@ -292,7 +292,7 @@ impl TestCluster {
         let started = Instant::now();
         self.apiserver = Proc::spawn(
             "kube-apiserver",
-            Command::new(&self.apiserver_bin).args(&self.apiserver_args),
+            &mut apiserver_command(&self.apiserver_bin, &self.apiserver_args),
             self.dir.join(format!("kube-apiserver-{}.log", self.apiserver_starts)),
         );
         self.watchdogs.extend(watchdog(&[self.apiserver.pid()]));
@@ -341,6 +341,25 @@ impl Drop for TestCluster {
             let _ = w.wait();
         }
     }
+}
+
+/// kube-apiserver with `args`, without proxy settings from the environment:
+/// its webhook client honours them, and a proxy would take calls to
+/// Service names (`*.svc`) away from loopback.
+fn apiserver_command(bin: &Path, args: &[String]) -> Command {
+    let mut command = Command::new(bin);
+    command.args(args);
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        command.env_remove(var);
+    }
+    command
 }
 
 /// Polls the apiserver's `/readyz` until it answers `ok`, failing if either
