@@ -16,6 +16,7 @@ pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod inject;
+mod log_queue;
 pub mod policy;
 pub mod sarif;
 
@@ -50,7 +51,9 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
-            init_tracing();
+            // Held to the end of this arm, past the error line below: dropping it
+            // writes out every queued log line before the process exits.
+            let _logs = init_tracing();
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -145,15 +148,34 @@ fn read_input(path: &Path, sources: &mut Vec<(String, String)>, errors: &mut Vec
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters, `TAILGUARD_LOG_FORMAT=json` for JSON lines.
-fn init_tracing() {
+/// The per-review lines are written off the request's path, the others at
+/// once ([`log_queue`]); the returned guard writes out what is queued when
+/// dropped (`None` if the writer thread could not start: then every line is
+/// written at once).
+fn init_tracing() -> Option<log_queue::Flush<std::io::Stderr>> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("TAILGUARD_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    let json = std::env::var("TAILGUARD_LOG_FORMAT").as_deref() == Ok("json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log_queue::stderr() {
+        Ok((queue, flush)) => {
+            let builder = builder.with_writer(queue);
+            if json {
+                builder.json().init()
+            } else {
+                builder.init()
+            }
+            Some(flush)
+        }
+        Err(e) => {
+            eprintln!("tailguard: cannot start the log writer thread ({e}); writing log lines directly");
+            let builder = builder.with_writer(std::io::stderr);
+            if json {
+                builder.json().init()
+            } else {
+                builder.init()
+            }
+            None
+        }
     }
 }
