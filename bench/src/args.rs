@@ -87,6 +87,21 @@ pub struct Args {
     #[arg(long, value_name = "SERVER")]
     pub profile_server: Option<Kind>,
 
+    /// Instead of the load: pod creates through a real kube-apiserver with no
+    /// webhook, the null webhook and tailguard registered by the chart's webhook
+    /// configurations, in interleaved rounds (`--runs`; needs KUBE_APISERVER_BIN,
+    /// ETCD_BIN, HELM_BIN). Writes target/bench/apiserver.json unless --out.
+    #[arg(long)]
+    pub through_apiserver: bool,
+
+    /// With --through-apiserver: measured creates per pod shape, case and round [default: 300; 100 with --quick].
+    #[arg(long, requires = "through_apiserver")]
+    pub pods: Option<usize>,
+
+    /// With --through-apiserver: unmeasured creates before each series [default: 30; 10 with --quick].
+    #[arg(long, requires = "through_apiserver")]
+    pub warmup_pods: Option<usize>,
+
     /// (internal) Serve this comparison webhook; used by the benchmark itself.
     #[arg(long, hide = true, requires_all = ["cert", "key"])]
     pub serve: Option<Kind>,

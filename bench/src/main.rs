@@ -7,6 +7,7 @@
 //! cargo run --release -p tailguard-bench -- --quick      # smoke run (~2 min)
 //! cargo run --release -p tailguard-bench -- --cases daemonset --protocols h2 --runs 5
 //! cargo run --release -p tailguard-bench -- --compare kube-rs,null,diff   # also the diff-based webhook
+//! cargo run --release -p tailguard-bench -- --through-apiserver   # pod creates through kube-apiserver
 //! ```
 //!
 //! Through `cargo run`, the bench first builds the `tailguard` binary of the
@@ -49,7 +50,12 @@
 //! - measures start-up to ready of `tailguard serve --dev` ([`startup`]);
 //! - prints the tables and writes `target/bench/results.json` and `results.md`
 //!   ([`summary`], [`verdict`]: the targets of issue 15).
+//!
+//! `--through-apiserver` measures something else instead ([`apiserver`]): pod
+//! creates through a real kube-apiserver with no webhook, the null webhook and
+//! tailguard registered the same way, and what each adds.
 
+mod apiserver;
 mod args;
 mod bodies;
 mod client;
@@ -79,6 +85,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         servers::serve(kind, cert, key)
+    } else if args.through_apiserver {
+        apiserver::run(&args)
     } else if let Some(case) = &args.profile_case {
         profile::run(case, args.iterations, args.profile_server)
     } else {

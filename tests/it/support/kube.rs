@@ -4,9 +4,9 @@
 //! it with webhook configurations rendered from the Helm chart.
 //!
 //! Self-contained but for process.rs, which it includes as its `process`
-//! module (no `crate::` paths, no `env!` of integration tests), so
-//! `examples/admission_overhead.rs` includes it too:
-//! `#[path = "../tests/it/support/kube.rs"] mod harness;`. Do not name the
+//! module (no `crate::` paths, no `env!` of integration tests), so the
+//! benchmark's `--through-apiserver` (bench/src/apiserver/mod.rs) includes it
+//! too: `#[path = "../../../tests/it/support/kube.rs"] mod harness;`. Do not name the
 //! module `kube`: it would shadow the kube crate (the tests reach it as
 //! `support::harness`).
 //!
