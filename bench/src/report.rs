@@ -18,6 +18,20 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// One line for the console: CPUs, model, memory, kernel, load at the start.
+    pub fn summary(&self) -> String {
+        format!(
+            "machine: {} x {} ({} MiB), kernel {}, load {:.2}",
+            self.nproc,
+            self.cpu_model,
+            self.mem_total_kib / 1024,
+            self.kernel,
+            self.load1_start
+        )
+    }
+}
+
+impl Machine {
     pub fn probe(client_threads: usize) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo

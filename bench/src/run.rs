@@ -29,14 +29,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(out_dir.join("bodies"))?;
 
     let mut machine = Machine::probe(args.client_threads);
-    println!(
-        "machine: {} x {} ({} MiB), kernel {}, load {:.2}",
-        machine.nproc,
-        machine.cpu_model,
-        machine.mem_total_kib / 1024,
-        machine.kernel,
-        machine.load1_start
-    );
+    println!("{}", machine.summary());
     if machine.load1_start > 0.5 * machine.nproc as f64 {
         println!(
             "WARNING: the machine is busy (1-minute load {:.2} on {} CPUs): figures will be low and noisy",

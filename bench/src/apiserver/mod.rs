@@ -80,14 +80,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let mut machine = Machine::probe(args.client_threads);
-    println!(
-        "machine: {} x {} ({} MiB), kernel {}, load {:.2}",
-        machine.nproc,
-        machine.cpu_model,
-        machine.mem_total_kib / 1024,
-        machine.kernel,
-        machine.load1_start
-    );
+    println!("{}", machine.summary());
     println!(
         "{pods} creates per shape and case per round, {} rounds (registrations in turns, order rotating), {warmup} warm-up creates before each series",
         settings.runs

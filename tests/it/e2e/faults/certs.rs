@@ -74,15 +74,15 @@ async fn certificate_secret_and_ca_bundle_damage_is_repaired() {
         .delete(&secret_name, &DeleteParams::default())
         .await
         .expect("delete the Secret");
-    let deleted_back = wait(&format!("Secret {secret_name} written back"), async || {
+    let written_back = async || {
         secrets
             .get_opt(&secret_name)
             .await
             .ok()
             .flatten()
             .filter(|s| secret_data(s) == original)
-    })
-    .await;
+    };
+    let deleted_back = wait(&format!("Secret {secret_name} written back"), written_back).await;
     assert!(load.wait_right(10, PATIENCE).await);
 
     // 2. Edited to garbage (the serving certificate and the CA key).
@@ -92,15 +92,7 @@ async fn certificate_secret_and_ca_bundle_damage_is_repaired() {
         .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&garbage))
         .await
         .expect("garble the Secret");
-    let garbage_back = wait("garbled Secret written back", async || {
-        secrets
-            .get_opt(&secret_name)
-            .await
-            .ok()
-            .flatten()
-            .filter(|s| secret_data(s) == original)
-    })
-    .await;
+    let garbage_back = wait("garbled Secret written back", written_back).await;
     assert!(load.wait_right(10, PATIENCE).await);
 
     // 3. Replaced by another replica's certificates (another CA, the same names).
