@@ -16,6 +16,7 @@ pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod inject;
+mod json_fields;
 mod log_queue;
 pub mod policy;
 pub mod sarif;
@@ -161,7 +162,7 @@ fn init_tracing() -> Option<log_queue::Flush<std::io::Stderr>> {
         Ok((queue, flush)) => {
             let builder = builder.with_writer(queue);
             if json {
-                builder.json().init()
+                builder.json().fmt_fields(json_fields::AppendJsonFields).init()
             } else {
                 builder.init()
             }
@@ -171,7 +172,7 @@ fn init_tracing() -> Option<log_queue::Flush<std::io::Stderr>> {
             eprintln!("tailguard: cannot start the log writer thread ({e}); writing log lines directly");
             let builder = builder.with_writer(std::io::stderr);
             if json {
-                builder.json().init()
+                builder.json().fmt_fields(json_fields::AppendJsonFields).init()
             } else {
                 builder.init()
             }
