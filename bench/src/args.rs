@@ -66,7 +66,8 @@ pub struct Args {
     pub client_threads: usize,
 
     /// The tailguard binary to serve with [default: `tailguard` next to this
-    /// binary, rebuilt first when run through cargo].
+    /// binary, rebuilt first when run through cargo]. The image ships the
+    /// static musl build of scripts/static-binary.sh; its linkage is reported.
     #[arg(long, value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
 

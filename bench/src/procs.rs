@@ -297,6 +297,29 @@ pub fn server_bin(explicit: Option<&Path>, exe_dir: &Path) -> anyhow::Result<Pat
     Ok(bin)
 }
 
+/// How an ELF binary is linked: "static" (no program interpreter, like the
+/// image's musl build) or "dynamic" (glibc, the default build); "unknown" if
+/// it cannot be read as a 64-bit little-endian ELF file.
+pub fn linkage(bin: &Path) -> &'static str {
+    const PT_INTERP: u32 = 3;
+    let Ok(elf) = std::fs::read(bin) else {
+        return "unknown";
+    };
+    let at = |offset: usize, len: usize| elf.get(offset..offset + len);
+    let le = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |n, b| (n << 8) | u64::from(*b));
+    if at(0, 6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return "unknown";
+    }
+    let (Some(phoff), Some(entsize), Some(count)) = (at(0x20, 8), at(0x36, 2), at(0x38, 2)) else {
+        return "unknown";
+    };
+    let (phoff, entsize) = (le(phoff) as usize, le(entsize) as usize);
+    let interp = (0..le(count) as usize)
+        .filter_map(|i| at(phoff + i * entsize, 4))
+        .any(|p_type| le(p_type) == u64::from(PT_INTERP));
+    if interp { "dynamic" } else { "static" }
+}
+
 /// A scratch directory removed at the end.
 pub struct TempDir(pub PathBuf);
 

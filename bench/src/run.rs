@@ -110,6 +110,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "client_threads": args.client_threads,
             "compare": settings.compare.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "server": "tailguard serve --dev --kubeconfig <fake apiserver>, JSON logs to a file",
+            "server_bin": server_bin.as_deref().map(|b| format!("{} ({})", b.display(), procs::linkage(b))),
             "in_process_clock": inproc::clock(),
             "server_log": args.server_log,
         }),

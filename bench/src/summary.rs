@@ -33,7 +33,8 @@ fn machine(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
         "Machine: {} CPUs ({}), {} MiB, Linux {}; load {:.2} at start, {:.2} at end. Client and servers share the CPUs (nothing pinned); \
-         {} rounds of {} s per case and server (servers in turns, the order rotating each round), medians (± half the min-max spread).\n",
+         {} rounds of {} s per case and server (servers in turns, the order rotating each round), medians (± half the min-max spread). \
+         tailguard binary: {}.\n",
         m.nproc,
         m.cpu_model,
         m.mem_total_kib / 1024,
@@ -41,7 +42,8 @@ fn machine(md: &mut String, r: &Results) {
         m.load1_start,
         m.load1_end,
         r.settings["runs"],
-        r.settings["duration_s"]
+        r.settings["duration_s"],
+        r.settings["server_bin"].as_str().unwrap_or("none")
     );
     let busiest = r
         .cases
