@@ -16,7 +16,7 @@ pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod inject;
-mod json_fields;
+mod json_log;
 mod log_queue;
 pub mod policy;
 pub mod sarif;
@@ -162,7 +162,11 @@ fn init_tracing() -> Option<log_queue::Flush<std::io::Stderr>> {
         Ok((queue, flush)) => {
             let builder = builder.with_writer(queue);
             if json {
-                builder.json().fmt_fields(json_fields::AppendJsonFields).init()
+                builder
+                    .json()
+                    .fmt_fields(json_log::AppendJsonFields)
+                    .event_format(json_log::JsonEvents::default())
+                    .init()
             } else {
                 builder.init()
             }
@@ -172,7 +176,11 @@ fn init_tracing() -> Option<log_queue::Flush<std::io::Stderr>> {
             eprintln!("tailguard: cannot start the log writer thread ({e}); writing log lines directly");
             let builder = builder.with_writer(std::io::stderr);
             if json {
-                builder.json().fmt_fields(json_fields::AppendJsonFields).init()
+                builder
+                    .json()
+                    .fmt_fields(json_log::AppendJsonFields)
+                    .event_format(json_log::JsonEvents::default())
+                    .init()
             } else {
                 builder.init()
             }
