@@ -43,8 +43,7 @@ pub enum EnvValue {
 pub struct EnvModel<'a> {
     vars: &'a [EnvVar],
     values: Vec<EnvValue>,
-    /// Where each name is defined, in order: lookups stay linear in big envs.
-    index: HashMap<&'a str, Vec<usize>>,
+    index: EnvIndex<'a>,
     /// The container has `envFrom`: names not in `env` may still be defined.
     pub has_env_from: bool,
 }
@@ -53,7 +52,7 @@ impl<'a> EnvModel<'a> {
     pub fn new(container: &'a Container) -> Self {
         let vars = container.env.as_deref().unwrap_or_default();
         let mut values: Vec<EnvValue> = Vec::with_capacity(vars.len());
-        let mut index: HashMap<&str, Vec<usize>> = HashMap::with_capacity(vars.len());
+        let mut index = EnvIndex::new(vars);
         for (i, var) in vars.iter().enumerate() {
             let value = match (&var.value, &var.value_from) {
                 (_, Some(_)) => EnvValue::External,
@@ -80,7 +79,7 @@ impl<'a> EnvModel<'a> {
                 (None, None) => EnvValue::Known(String::new()),
             };
             values.push(value);
-            index.entry(var.name.as_str()).or_default().push(i);
+            index.add(var.name.as_str(), i);
         }
         EnvModel {
             vars,
@@ -96,8 +95,8 @@ impl<'a> EnvModel<'a> {
 
     /// The effective definition of `name` (the last one wins), with its index.
     pub fn get(&self, name: &str) -> Option<(usize, &EnvValue)> {
-        let i = *self.index.get(name)?.last()?;
-        Some((i, &self.values[i]))
+        let i = self.index.last(name)?;
+        Some((i, self.values.get(i)?))
     }
 
     /// The definition of `name` visible to `env[index]` (only earlier entries).
@@ -107,8 +106,7 @@ impl<'a> EnvModel<'a> {
 
     /// Where `name` is defined after `env[index]`, if it is.
     pub fn defined_after(&self, name: &str, index: usize) -> Option<usize> {
-        let at = self.index.get(name)?;
-        at.get(at.partition_point(|&i| i <= index)).copied()
+        self.index.first_after(name, index)
     }
 
     /// The literal value of `name`, if it is set and knowable.
@@ -143,15 +141,75 @@ impl<'a> EnvModel<'a> {
 }
 
 fn lookup_before<'v>(
-    index: &HashMap<&str, Vec<usize>>,
+    index: &EnvIndex<'_>,
     values: &'v [EnvValue],
     name: &str,
     before: usize,
 ) -> Option<(usize, &'v EnvValue)> {
-    let at = index.get(name)?;
-    let n = at.partition_point(|&i| i < before);
-    let i = *at.get(n.checked_sub(1)?)?;
+    let i = index.last_before(name, before)?;
     Some((i, values.get(i)?))
+}
+
+/// Envs up to this long are searched entry by entry.
+const SCANNED_ENV: usize = 32;
+
+/// Where each env name is defined. The rules ask dozens of times per
+/// container; a small env (nearly all) is searched in place, without hashing
+/// or allocating, and a big one gets a map from name to its positions, so
+/// lookups stay linear in big envs.
+#[derive(Debug)]
+enum EnvIndex<'a> {
+    Scan(&'a [EnvVar]),
+    Map(HashMap<&'a str, Vec<usize>>),
+}
+
+impl<'a> EnvIndex<'a> {
+    fn new(vars: &'a [EnvVar]) -> Self {
+        if vars.len() <= SCANNED_ENV {
+            EnvIndex::Scan(vars)
+        } else {
+            EnvIndex::Map(HashMap::with_capacity(vars.len()))
+        }
+    }
+
+    /// Records that `env[i]` defines `name` (in order of `i`; a scanned env
+    /// has them all already).
+    fn add(&mut self, name: &'a str, i: usize) {
+        if let EnvIndex::Map(map) = self {
+            map.entry(name).or_default().push(i);
+        }
+    }
+
+    /// The last definition of `name`.
+    fn last(&self, name: &str) -> Option<usize> {
+        self.last_before(name, usize::MAX)
+    }
+
+    /// The last definition of `name` before `env[before]`.
+    fn last_before(&self, name: &str, before: usize) -> Option<usize> {
+        match self {
+            EnvIndex::Scan(vars) => vars.get(..before.min(vars.len()))?.iter().rposition(|v| v.name == name),
+            EnvIndex::Map(map) => {
+                let at = map.get(name)?;
+                at.get(at.partition_point(|&i| i < before).checked_sub(1)?).copied()
+            }
+        }
+    }
+
+    /// The first definition of `name` after `env[index]`.
+    fn first_after(&self, name: &str, index: usize) -> Option<usize> {
+        match self {
+            EnvIndex::Scan(vars) => {
+                let from = index.checked_add(1)?;
+                let at = vars.get(from..)?.iter().position(|v| v.name == name)?;
+                Some(from + at)
+            }
+            EnvIndex::Map(map) => {
+                let at = map.get(name)?;
+                at.get(at.partition_point(|&i| i <= index)).copied()
+            }
+        }
+    }
 }
 
 /// One containerboot setting (an env var), as far as the manifest tells.
@@ -418,6 +476,46 @@ mod tests {
 
     fn container(env: serde_json::Value) -> Container {
         serde_json::from_value(json!({"name": "ts", "image": "tailscale/tailscale", "env": env})).expect("container")
+    }
+
+    /// A scanned env and a mapped one answer every query alike, and an env
+    /// past the scanned size gets the map.
+    #[test]
+    fn env_index_scan_and_map_agree() {
+        let names = ["A", "B", "A", "C", "B", "A", "D"];
+        let vars: Vec<EnvVar> = names
+            .iter()
+            .map(|n| EnvVar {
+                name: (*n).to_owned(),
+                ..EnvVar::default()
+            })
+            .collect();
+        let scan = EnvIndex::new(&vars);
+        assert!(matches!(scan, EnvIndex::Scan(_)));
+        let mut map = EnvIndex::Map(HashMap::new());
+        for (i, v) in vars.iter().enumerate() {
+            map.add(&v.name, i);
+        }
+        for name in ["A", "B", "C", "D", "E"] {
+            assert_eq!(scan.last(name), map.last(name), "{name}");
+            for at in 0..=vars.len() + 1 {
+                assert_eq!(
+                    scan.last_before(name, at),
+                    map.last_before(name, at),
+                    "{name} before {at}"
+                );
+                assert_eq!(
+                    scan.first_after(name, at),
+                    map.first_after(name, at),
+                    "{name} after {at}"
+                );
+            }
+        }
+        assert_eq!(scan.last("A"), Some(5));
+        assert_eq!(scan.last_before("A", 5), Some(2));
+        assert_eq!(scan.first_after("A", 2), Some(5));
+        let big = vec![EnvVar::default(); SCANNED_ENV + 1];
+        assert!(matches!(EnvIndex::new(&big), EnvIndex::Map(_)));
     }
 
     #[test]

@@ -91,7 +91,8 @@ fn check_env(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Finding
         let Some(value) = var.value.as_deref() else {
             continue;
         };
-        let path = tc.env_path(i);
+        // Built only for a finding: most values have none.
+        let path = || tc.env_path(i);
         for (name, _) in expansion::references(value) {
             if tc.env.get_before(name, i).is_some() || ALWAYS_DEFINED.contains(&name) {
                 continue;
@@ -99,7 +100,7 @@ fn check_env(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Finding
             let later = tc.env.defined_after(name, i);
             report(
                 tc,
-                &path,
+                &path(),
                 &var.name,
                 name,
                 classify(tc, name, later, service_links),
@@ -110,7 +111,7 @@ fn check_env(tc: &TailscaleContainer<'_>, service_links: bool, out: &mut Finding
             for (shell_ref, _) in expansion::shell_references(value) {
                 out.report(
                     RuleId::UnexpandedVariable,
-                    path.clone(),
+                    path(),
                     format!(
                         "{} contains `{shell_ref}`, but containerboot reads {} without a shell, so Tailscale gets the text `{shell_ref}` itself{}",
                         var.name,
@@ -188,12 +189,12 @@ fn check_command_and_args(tc: &TailscaleContainer<'_>, service_links: bool, out:
     for (field, list) in [("command", &c.command), ("args", args)] {
         let Some(list) = list else { continue };
         for (i, item) in list.iter().enumerate() {
-            let path = format!("{}.{field}[{i}]", tc.path);
+            let path = || format!("{}.{field}[{i}]", tc.path);
             for (name, _) in expansion::references(item) {
                 if tc.env.get(name).is_some() || ALWAYS_DEFINED.contains(&name) {
                     continue;
                 }
-                report(tc, &path, field, name, classify(tc, name, None, service_links), out);
+                report(tc, &path(), field, name, classify(tc, name, None, service_links), out);
             }
             if shell.is_some() {
                 continue;
@@ -212,9 +213,9 @@ fn check_command_and_args(tc: &TailscaleContainer<'_>, service_links: bool, out:
                 // The image's own entrypoint (containerboot) and tailscale's
                 // binaries never expand it; a custom entrypoint script might.
                 if entrypoint_is_tailscale(c) {
-                    out.report(RuleId::UnexpandedVariable, path.clone(), message, hint);
+                    out.report(RuleId::UnexpandedVariable, path(), message, hint);
                 } else {
-                    out.report_uncertain(RuleId::UnexpandedVariable, path.clone(), message, hint);
+                    out.report_uncertain(RuleId::UnexpandedVariable, path(), message, hint);
                 }
             }
         }
