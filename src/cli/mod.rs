@@ -154,37 +154,35 @@ fn read_input(path: &Path, sources: &mut Vec<(String, String)>, errors: &mut Vec
 /// dropped (`None` if the writer thread could not start: then every line is
 /// written at once).
 fn init_tracing() -> Option<log_queue::Flush<std::io::Stderr>> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("TAILGUARD_LOG_FORMAT").as_deref() == Ok("json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log_queue::stderr() {
         Ok((queue, flush)) => {
-            let builder = builder.with_writer(queue);
-            if json {
-                builder
-                    .json()
-                    .fmt_fields(json_log::AppendJsonFields)
-                    .event_format(json_log::JsonEvents::default())
-                    .init()
-            } else {
-                builder.init()
-            }
+            install_subscriber(queue);
             Some(flush)
         }
         Err(e) => {
             eprintln!("tailguard: cannot start the log writer thread ({e}); writing log lines directly");
-            let builder = builder.with_writer(std::io::stderr);
-            if json {
-                builder
-                    .json()
-                    .fmt_fields(json_log::AppendJsonFields)
-                    .event_format(json_log::JsonEvents::default())
-                    .init()
-            } else {
-                builder.init()
-            }
+            install_subscriber(std::io::stderr);
             None
         }
+    }
+}
+
+/// The global subscriber, writing to `writer`: text, or JSON lines
+/// ([`json_log`]) with `TAILGUARD_LOG_FORMAT=json`.
+fn install_subscriber<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    if std::env::var("TAILGUARD_LOG_FORMAT").as_deref() == Ok("json") {
+        builder
+            .json()
+            .fmt_fields(json_log::AppendJsonFields)
+            .event_format(json_log::JsonEvents::default())
+            .init()
+    } else {
+        builder.init()
     }
 }
