@@ -46,7 +46,7 @@ impl<'writer> FormatFields<'writer> for AppendJsonFields {
             return Ok(());
         }
         let object = current.fields.trim_end();
-        let repeated = added.0.iter().any(|(name, _)| object.contains(&format!("\"{name}\":")));
+        let repeated = added.0.iter().any(|(name, _)| has_key(object, name));
         let Some(open) = object
             .strip_suffix('}')
             .filter(|_| !repeated && object.starts_with('{'))
@@ -61,22 +61,32 @@ impl<'writer> FormatFields<'writer> for AppendJsonFields {
             current.fields = serde_json::to_string(&map).map_err(|_| fmt::Error)?;
             return Ok(());
         };
-        let mut out = Vec::with_capacity(object.len() + 24 * added.0.len());
-        out.extend_from_slice(open.as_bytes());
-        let mut first = open.trim_end().ends_with('{');
+        // The new fields and the closing brace, put in place of the old one.
+        let (open_len, mut first) = (open.len(), open.trim_end().ends_with('{'));
+        let mut tail = Vec::with_capacity(24 * added.0.len());
         for (name, value) in &added.0 {
             if !first {
-                out.push(b',');
+                tail.push(b',');
             }
             first = false;
-            serde_json::to_writer(&mut out, name).map_err(|_| fmt::Error)?;
-            out.push(b':');
-            serde_json::to_writer(&mut out, value).map_err(|_| fmt::Error)?;
+            serde_json::to_writer(&mut tail, name).map_err(|_| fmt::Error)?;
+            tail.push(b':');
+            serde_json::to_writer(&mut tail, value).map_err(|_| fmt::Error)?;
         }
-        out.push(b'}');
-        current.fields = String::from_utf8(out).map_err(|_| fmt::Error)?;
+        tail.push(b'}');
+        let tail = String::from_utf8(tail).map_err(|_| fmt::Error)?;
+        current.fields.truncate(open_len);
+        current.fields.push_str(&tail);
         Ok(())
     }
+}
+
+/// Whether `object` has the key `name` (a value that happens to hold
+/// `"name":` also counts, which only sends the caller the slower way).
+fn has_key(object: &str, name: &str) -> bool {
+    object
+        .match_indices(name)
+        .any(|(at, _)| object[..at].ends_with('"') && object[at + name.len()..].starts_with("\":"))
 }
 
 /// The JSON event format, spans copied from [`AppendJsonFields`]' strings
@@ -154,8 +164,14 @@ fn write_span<S: for<'a> LookupSpan<'a>>(writer: &mut Writer<'_>, span: &SpanRef
         writer.write_char(',')?;
     }
     writer.write_str("\"name\":")?;
-    writer.write_str(&serde_json::to_string(span.metadata().name()).map_err(|_| fmt::Error)?)?;
-    writer.write_char('}')
+    let name = span.metadata().name();
+    // Span names are identifiers: quoted as they are, without an allocation.
+    if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        write!(writer, "\"{name}\"}}")
+    } else {
+        writer.write_str(&serde_json::to_string(name).map_err(|_| fmt::Error)?)?;
+        writer.write_char('}')
+    }
 }
 
 /// Recorded fields as JSON values, named and valued as `JsonFields` does.
@@ -312,8 +328,12 @@ mod tests {
             let twice = tracing::info_span!("twice", a = Empty, b = Empty);
             twice.record("b", 1).record("a", 2).record("b", 3);
             tracing::info!(parent: &twice, "recorded twice");
+            // A span name that needs quoting.
+            let odd = tracing::info_span!("odd \"name\"", n = 2);
+            tracing::info!(parent: &odd, "odd name");
         });
-        assert_eq!(ours.lines().count(), 4);
+        assert_eq!(ours.lines().count(), 5);
+        assert!(ours.contains(r#""name":"odd \"name\"""#), "{ours}");
         assert!(ours.contains(r#""span":{"a":2,"b":3,"name":"twice"}"#), "{ours}");
         assert_eq!(ours, library);
     }
