@@ -302,9 +302,13 @@ pub fn server_bin(explicit: Option<&Path>, exe_dir: &Path) -> anyhow::Result<Pat
 /// it cannot be read as a 64-bit little-endian ELF file.
 pub fn linkage(bin: &Path) -> &'static str {
     const PT_INTERP: u32 = 3;
-    let Ok(elf) = std::fs::read(bin) else {
+    // The ELF header and the program headers that follow it.
+    let mut elf = Vec::new();
+    let read =
+        std::fs::File::open(bin).and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut elf));
+    if read.is_err() {
         return "unknown";
-    };
+    }
     let at = |offset: usize, len: usize| elf.get(offset..offset + len);
     let le = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |n, b| (n << 8) | u64::from(*b));
     if at(0, 6) != Some(b"\x7fELF\x02\x01".as_slice()) {
