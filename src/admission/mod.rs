@@ -10,6 +10,7 @@ use kube::core::admission::Operation;
 use serde_json::value::RawValue;
 
 use crate::config::{Config, ENFORCEMENT_ANNOTATION, Enforcement};
+use crate::inject::patch::JsonPatch;
 use crate::inject::{self, Decision, OptIn};
 use crate::rules::{self, Finding, NamespaceFacts, RuleId, Severity};
 use crate::workload::{Workload, WorkloadError, WorkloadKind};
@@ -82,7 +83,7 @@ pub struct Verdict {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Admitted, with the JSON Patch to apply when a sidecar is injected.
-    Allowed { patch: Option<json_patch::Patch> },
+    Allowed { patch: Option<JsonPatch> },
     /// Refused by the deny findings (HTTP-style code 403 in the response).
     Denied,
     /// Refused because tailguard could not read the object (400), whatever
@@ -123,7 +124,7 @@ impl Verdict {
     }
 
     /// The JSON Patch returned (mutation), if any.
-    pub fn patch(&self) -> Option<&json_patch::Patch> {
+    pub fn patch(&self) -> Option<&JsonPatch> {
         match &self.outcome {
             Outcome::Allowed { patch } => patch.as_ref(),
             _ => None,

@@ -106,9 +106,8 @@ pub(super) fn respond(verdict: &Verdict) -> Vec<u8> {
         .collect();
     let patch = verdict
         .patch()
-        .filter(|p| !p.0.is_empty())
-        .and_then(|p| serde_json::to_vec(p).ok())
-        .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
+        .filter(|p| !p.is_empty())
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p.as_bytes()));
     let out = ReviewOut {
         api_version: API_VERSION,
         kind: KIND,

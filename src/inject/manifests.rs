@@ -144,7 +144,11 @@ fn inject_object(
                 map.entry("metadata")
                     .or_insert_with(|| Value::Object(Default::default()));
             }
-            match json_patch::patch(object, &patch) {
+            let applied = patch
+                .operations()
+                .map_err(|e| e.to_string())
+                .and_then(|ops| json_patch::patch(object, &ops).map_err(|e| e.to_string()));
+            match applied {
                 Ok(()) => {
                     result.notes.push(format!("{reference}: {summary}"));
                     true

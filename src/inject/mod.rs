@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, Volume};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::{Config, InjectionConfig};
 use crate::rules::NamespaceFacts;
@@ -20,7 +20,7 @@ mod sidecar;
 pub use sidecar::{ROUTES_NAME, proxy_env, sidecar};
 use sidecar::{cluster_cidrs, routes_container};
 
-use patch::PatchBuilder;
+use patch::{JsonPatch, PatchBuilder, to_raw};
 use settings::{Mode, Settings};
 
 /// Namespace label (`enabled`) and pod label (`true`/`false`) that opt in or out.
@@ -54,7 +54,7 @@ pub enum Decision {
     /// Already carries tailguard's sidecar: nothing to do.
     AlreadyInjected,
     Inject {
-        patch: json_patch::Patch,
+        patch: JsonPatch,
         /// What was injected (shown as a warning).
         summary: String,
     },
@@ -166,35 +166,36 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
         &["metadata", "annotations"],
         !meta.annotations.is_empty(),
         INJECTED_ANNOTATION,
-        Value::String(r.hash.clone()),
+        &r.hash_json,
     );
     for (i, c) in pod.containers.iter().enumerate() {
         let existing = c.env.as_deref().unwrap_or_default();
-        let missing: Vec<Value> = r
+        let missing: Vec<&RawValue> = r
             .app_env
             .iter()
             // A variable the app already sets (in either case) stays the app's.
             .filter(|(name, _)| !existing.iter().any(|e| e.name.eq_ignore_ascii_case(name)))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| &**v)
             .collect();
         if !missing.is_empty() {
             let index = i.to_string();
-            p.append(&["spec", "containers", &index, "env"], !existing.is_empty(), missing);
+            p.append(&["spec", "containers", &index, "env"], !existing.is_empty(), &missing);
         }
     }
     let mut has_init = pod.init_containers.as_ref().is_some_and(|v| !v.is_empty());
     if inj.native_sidecar {
-        p.prepend(&["spec", "initContainers"], has_init, r.sidecar.clone());
+        p.prepend(&["spec", "initContainers"], has_init, &r.sidecar);
         has_init = true;
     } else {
-        p.append(&["spec", "containers"], true, vec![r.sidecar.clone()]);
+        p.append(&["spec", "containers"], true, &[&r.sidecar]);
     }
     if let Some(routes) = &r.routes {
         // First of all: the rules must exist before tailscaled routes anything.
-        p.prepend(&["spec", "initContainers"], has_init, routes.clone());
+        p.prepend(&["spec", "initContainers"], has_init, routes);
     }
     let has_volumes = pod.volumes.as_ref().is_some_and(|v| !v.is_empty());
-    p.append(&["spec", "volumes"], has_volumes, r.volumes.clone());
+    let volumes: Vec<&RawValue> = r.volumes.iter().map(|v| &**v).collect();
+    p.append(&["spec", "volumes"], has_volumes, &volumes);
     let mut summary = format!(
         "injected Tailscale egress sidecar `{SIDECAR_NAME}` ({} mode, auth Secret {}/{}",
         settings.mode.as_str(),
@@ -211,16 +212,17 @@ pub fn decide(workload: &Workload, namespace: &NamespaceFacts, config: &Config, 
     }
 }
 
-/// What injection renders from the settings and the config alone, as JSON.
+/// What injection renders from the settings and the config alone, as JSON
+/// text ready to be copied into patches.
 struct Rendered {
-    sidecar: Value,
+    sidecar: Box<RawValue>,
     /// The proxy variables for the app containers: (name, EnvVar as JSON).
-    app_env: Vec<(String, Value)>,
-    /// Recorded in [`INJECTED_ANNOTATION`].
-    hash: String,
+    app_env: Vec<(String, Box<RawValue>)>,
+    /// The hash recorded in [`INJECTED_ANNOTATION`], as a JSON string.
+    hash_json: Box<RawValue>,
     /// The `tailguard-routes` init container (tun mode with an exit node).
-    routes: Option<Value>,
-    volumes: Vec<Value>,
+    routes: Option<Box<RawValue>>,
+    volumes: Vec<Box<RawValue>>,
 }
 
 impl Rendered {
@@ -231,7 +233,7 @@ impl Rendered {
         let routes = match (settings.mode, settings.exit_node) {
             (Mode::Tun, Some(_)) => {
                 let cidrs = cluster_cidrs(&config.injection.no_proxy);
-                (!cidrs.is_empty()).then(|| to_json(&routes_container(settings, config, &cidrs)))
+                (!cidrs.is_empty()).then(|| to_raw(&routes_container(settings, config, &cidrs)))
             }
             _ => None,
         };
@@ -251,18 +253,13 @@ impl Rendered {
             });
         }
         Rendered {
-            sidecar: to_json(&sidecar),
-            app_env: app_env.iter().map(|v| (v.name.clone(), to_json(v))).collect(),
-            hash,
+            sidecar: to_raw(&sidecar),
+            app_env: app_env.iter().map(|v| (v.name.clone(), to_raw(v))).collect(),
+            hash_json: to_raw(&hash),
             routes,
-            volumes: volumes.iter().map(to_json).collect(),
+            volumes: volumes.iter().map(to_raw).collect(),
         }
     }
-}
-
-/// Kubernetes types always serialize; `Null` is unreachable.
-fn to_json(v: &impl serde::Serialize) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// A stable short hash of what was injected (FNV-1a, 64 bits).
@@ -280,7 +277,7 @@ fn spec_hash(sidecar: &Container, app_env: &[EnvVar]) -> String {
 mod tests {
     use super::*;
 
-    fn injected(config: &Config) -> json_patch::Patch {
+    fn injected(config: &Config) -> JsonPatch {
         let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "web", "namespace": "apps", "labels": {"tailguard.io/inject": "true"}},
             "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
@@ -301,10 +298,6 @@ mod tests {
         config.injection.http_proxy_port = 3128;
         let changed = injected(&config);
         assert_ne!(changed, first);
-        assert!(
-            serde_json::to_string(&changed)
-                .expect("json")
-                .contains("127.0.0.1:3128")
-        );
+        assert!(String::from_utf8_lossy(changed.as_bytes()).contains("127.0.0.1:3128"));
     }
 }
