@@ -13,7 +13,10 @@
 //!   the sidecar is injected, which makes it a Tailscale pod).
 //!
 //! A third shape, an app pod no webhook is sent, shows what having the
-//! configurations costs. Each round takes the three registrations in turn (the
+//! configurations costs; a fourth, the opted-in app pod as tailguard's
+//! `/mutate` leaves it (taken from a dry-run create) created where it is only
+//! sent to `/validate`, shows what storing the injected pod costs apart from
+//! the `/mutate` call. Each round takes the three registrations in turn (the
 //! order rotates every round) and creates `--pods` pods of every shape one
 //! after another, after `--warmup-pods` unmeasured ones. Reported: each case's
 //! added p50/p99 over no webhook and tailguard's added p50/p99 as a ratio to the
@@ -158,6 +161,8 @@ async fn measure(
         name: format!("{RELEASE}-tailguard"),
     };
     pods::create_namespaces(&client).await?;
+    registrations.switch(&client, Backend::Tailguard).await?;
+    let injected_pod = pods::injected_by_tailguard(&client).await?;
 
     let mut series: Vec<(Shape, report::Series)> = Shape::ALL.iter().map(|&s| (s, Default::default())).collect();
     for round in 0..rounds {
@@ -167,11 +172,12 @@ async fn measure(
             let took = registrations.switch(&client, backend).await?;
             for (shape, s) in &mut series {
                 let shape = *shape;
-                let injected = backend == Backend::Tailguard && shape == Shape::AppOptedIn;
+                let injected = shape.injected(backend == Backend::Tailguard);
                 let prefix = format!("r{round}-{b}-{}", shape.name());
-                pods::create(&client, shape, &format!("{prefix}-warm"), warmup, injected).await?;
+                let warm = format!("{prefix}-warm");
+                pods::create(&client, shape, &injected_pod, &warm, warmup, injected).await?;
                 let before = Calls::read(&client).await?;
-                let measured = pods::create(&client, shape, &prefix, pods, injected).await?;
+                let measured = pods::create(&client, shape, &injected_pod, &prefix, pods, injected).await?;
                 s.calls[b].add(&Calls::read(&client).await?.since(&before));
                 let mut ms: Vec<f64> = measured.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
                 ms.sort_by(f64::total_cmp);

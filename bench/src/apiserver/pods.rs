@@ -1,4 +1,4 @@
-//! The objects created through the apiserver: three pod shapes in two
+//! The objects created through the apiserver: four pod shapes in two
 //! namespaces, the same in every case.
 
 use std::time::{Duration, Instant};
@@ -26,16 +26,26 @@ pub enum Shape {
     /// An app pod elsewhere: the webhooks' selectors and matchConditions keep
     /// it from every webhook (the cost of having the configurations at all).
     AppNotSent,
+    /// The opted-in app pod as tailguard's /mutate leaves it, created in the
+    /// other namespace: sent to /validate only. Against `AppOptedIn`, what
+    /// storing the injected pod costs the apiserver, apart from the calls.
+    AppInjected,
 }
 
 impl Shape {
-    pub const ALL: [Shape; 3] = [Shape::Tailscale, Shape::AppOptedIn, Shape::AppNotSent];
+    pub const ALL: [Shape; 4] = [
+        Shape::Tailscale,
+        Shape::AppOptedIn,
+        Shape::AppNotSent,
+        Shape::AppInjected,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Shape::Tailscale => "tailscale-pod",
             Shape::AppOptedIn => "app-pod-opted-in",
             Shape::AppNotSent => "app-pod-not-sent",
+            Shape::AppInjected => "app-pod-injected",
         }
     }
 
@@ -44,6 +54,7 @@ impl Shape {
             Shape::Tailscale => "Tailscale pod",
             Shape::AppOptedIn => "app pod, opted-in namespace",
             Shape::AppNotSent => "app pod, not opted in",
+            Shape::AppInjected => "app pod, injected beforehand",
         }
     }
 
@@ -53,6 +64,7 @@ impl Shape {
             Shape::Tailscale => "/validate",
             Shape::AppOptedIn => "/mutate + /validate",
             Shape::AppNotSent => "none (not sent)",
+            Shape::AppInjected => "/validate",
         }
     }
 
@@ -63,7 +75,22 @@ impl Shape {
         }
     }
 
-    fn pod(self, name: &str) -> anyhow::Result<Pod> {
+    /// Whether the stored pod carries tailguard's sidecar.
+    pub fn injected(self, backend_is_tailguard: bool) -> bool {
+        match self {
+            Shape::AppOptedIn => backend_is_tailguard,
+            Shape::AppInjected => true,
+            Shape::Tailscale | Shape::AppNotSent => false,
+        }
+    }
+
+    fn pod(self, name: &str, injected: &Pod) -> anyhow::Result<Pod> {
+        if self == Shape::AppInjected {
+            let mut pod = injected.clone();
+            pod.metadata.name = Some(name.to_owned());
+            pod.metadata.namespace = Some(self.namespace().to_owned());
+            return Ok(pod);
+        }
         let container = match self {
             Shape::Tailscale => json!({
                 "name": "tailscale",
@@ -106,12 +133,41 @@ pub async fn create_namespaces(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The opted-in app pod as the apiserver would store it with tailguard's
+/// configurations in effect (a dry-run create), stripped of what the
+/// apiserver sets itself: the pod `Shape::AppInjected` creates.
+pub async fn injected_by_tailguard(client: &kube::Client) -> anyhow::Result<Pod> {
+    let dry = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let mut pod = Api::<Pod>::namespaced(client.clone(), OPTED_IN)
+        .create(&dry, &Shape::AppOptedIn.pod("injected", &Pod::default())?)
+        .await
+        .context("dry-run create of the opted-in app pod")?;
+    let has_sidecar = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == "tailscale"));
+    if !has_sidecar {
+        bail!("the dry-run create of the opted-in app pod came back without the sidecar");
+    }
+    let meta = &mut pod.metadata;
+    (meta.uid, meta.resource_version, meta.creation_timestamp) = (None, None, None);
+    meta.managed_fields = None;
+    pod.status = None;
+    Ok(pod)
+}
+
 /// Creates `count` pods of `shape` one after another and returns each
 /// create's latency. `injected` says whether the stored pod must carry
-/// tailguard's sidecar (checked on every pod).
+/// tailguard's sidecar (checked on every pod); `template` is the pod
+/// `Shape::AppInjected` copies.
 pub async fn create(
     client: &kube::Client,
     shape: Shape,
+    template: &Pod,
     prefix: &str,
     count: usize,
     injected: bool,
@@ -120,7 +176,7 @@ pub async fn create(
     let mut latencies = Vec::with_capacity(count);
     for i in 0..count {
         let name = format!("{prefix}-{i}");
-        let pod = shape.pod(&name)?;
+        let pod = shape.pod(&name, template)?;
         let started = Instant::now();
         let created = api
             .create(&PostParams::default(), &pod)
