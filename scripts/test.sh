@@ -29,7 +29,7 @@ tests/oracle/selfcheck.sh -j 2
 cargo clippy --locked --workspace --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --locked --all-targets 2>&1 | tee "$log"
+cargo test --locked --workspace --all-targets 2>&1 | tee "$log"
 echo "test.sh: done in $(( $(date +%s) - start ))s" >&2
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i; if ($(i+1) ~ /^ignored;/) s += $i } }

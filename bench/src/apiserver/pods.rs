@@ -204,3 +204,32 @@ pub async fn delete_all(client: &kube::Client) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pre-injected pod is the template under its own name, in the
+    /// namespace that is not opted in (so it is sent to /validate only).
+    #[test]
+    fn the_injected_shape_copies_the_template_elsewhere() {
+        let template: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "injected", "namespace": OPTED_IN, "labels": {"bench": "overhead"}},
+            "spec": {
+                "initContainers": [{"name": "tailscale", "image": "tailscale/tailscale:v1.96.4"}],
+                "containers": [{"name": "app", "image": "nginx:1.27"}]
+            }
+        }))
+        .expect("template");
+        let pod = Shape::AppInjected.pod("p-1", &template).expect("pod");
+        assert_eq!(pod.metadata.name.as_deref(), Some("p-1"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some(PLAIN));
+        assert_eq!(pod.spec, template.spec);
+        assert!(Shape::AppInjected.injected(false) && Shape::AppInjected.injected(true));
+        assert!(Shape::AppOptedIn.injected(true) && !Shape::AppOptedIn.injected(false));
+        // The other shapes ignore the template.
+        let app = Shape::AppNotSent.pod("p-2", &template).expect("pod");
+        assert_eq!(app.metadata.namespace.as_deref(), Some(PLAIN));
+        assert!(app.spec.is_some_and(|s| s.init_containers.is_none()));
+    }
+}
