@@ -134,8 +134,10 @@ pub async fn create_namespaces(client: &kube::Client) -> anyhow::Result<()> {
 }
 
 /// The opted-in app pod as the apiserver would store it with tailguard's
-/// configurations in effect (a dry-run create), stripped of what the
-/// apiserver sets itself: the pod `Shape::AppInjected` creates.
+/// configurations in effect (a dry-run create): the pod `Shape::AppInjected`
+/// creates. Its identity (uid, resourceVersion, creation time, managedFields)
+/// and status are dropped; its spec keeps the defaults the apiserver filled
+/// in, as the stored opted-in pod has them.
 pub async fn injected_by_tailguard(client: &kube::Client) -> anyhow::Result<Pod> {
     let dry = PostParams {
         dry_run: true,
