@@ -147,12 +147,7 @@ pub async fn injected_by_tailguard(client: &kube::Client) -> anyhow::Result<Pod>
         .create(&dry, &Shape::AppOptedIn.pod("injected", &Pod::default())?)
         .await
         .context("dry-run create of the opted-in app pod")?;
-    let has_sidecar = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.name == "tailscale"));
-    if !has_sidecar {
+    if !has_sidecar(&pod) {
         bail!("the dry-run create of the opted-in app pod came back without the sidecar");
     }
     let meta = &mut pod.metadata;
@@ -160,6 +155,14 @@ pub async fn injected_by_tailguard(client: &kube::Client) -> anyhow::Result<Pod>
     meta.managed_fields = None;
     pod.status = None;
     Ok(pod)
+}
+
+/// Whether `pod` carries tailguard's sidecar (an init container named `tailscale`).
+fn has_sidecar(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == "tailscale"))
 }
 
 /// Creates `count` pods of `shape` one after another and returns each
@@ -185,10 +188,7 @@ pub async fn create(
             .await
             .with_context(|| format!("create pod {name}"))?;
         latencies.push(started.elapsed());
-        let has_sidecar = created
-            .spec
-            .and_then(|s| s.init_containers)
-            .is_some_and(|c| c.iter().any(|c| c.name == "tailscale"));
+        let has_sidecar = has_sidecar(&created);
         if has_sidecar != injected {
             bail!("pod {name}: sidecar injected = {has_sidecar}, expected {injected}");
         }
